@@ -1,0 +1,43 @@
+# SonoVLM developer commands. `make demo` and `make test` are the two set-up commands of the README.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sonovlm-installed
+# torch comes first and alone: on a machine with the CPU wheel on disk this takes it, on a GPU box
+# the CUDA build. Everything else comes from the exact lock with --no-deps.
+TORCH_SPEC ?= torch==2.13.0
+SAMPLE_DIR ?= sample_data
+HOST ?= 127.0.0.1
+PORT ?= 8000
+BACKBONE ?= tiny
+
+.PHONY: install test lint demo bench sample-data clean
+
+install: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements/lock.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check lib training monailabel_app slicer_extension tests
+
+test: install lint
+	$(PY) -m pytest -q
+
+$(SAMPLE_DIR)/cases.csv: | install
+	$(VENV)/bin/sonovlm sample-data $(SAMPLE_DIR) --count 24 --seed 0
+
+sample-data: $(SAMPLE_DIR)/cases.csv
+
+demo: install sample-data
+	@bash scripts/demo.sh "$(PY)" "$(SAMPLE_DIR)" "$(HOST)" "$(PORT)" "$(BACKBONE)"
+
+bench: install
+	$(PY) -m sonovlm.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

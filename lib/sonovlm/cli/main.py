@@ -1,0 +1,61 @@
+"""Entry point of the ``sonovlm`` console script.
+
+Each sub-command module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (called with the parsed namespace, returns the exit code). Modules import their heavy
+dependencies (torch, transformers) inside ``func`` so ``sonovlm --help`` stays fast.
+
+Errors a user can cause (:class:`~sonovlm.errors.SonoInputError`,
+:class:`~sonovlm.errors.ModelLoadError`) end the program with exit code 2 and one line on stderr
+starting with ``error:``; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import ModelLoadError, SonoInputError
+
+#: Sub-command modules, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "inspect",
+    "measure",
+    "sample_data",
+    "model_info",
+    "segment",
+    "classify",
+    "refine_prompts",
+    "models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sonovlm", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue  # command not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SonoInputError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Ultrasound image I/O: one loader for every format a sonographer's data comes as.
+
+Public API (a contract other modules rely on):
+
+* :func:`load_image` -> :class:`UltrasoundImage` (frames plus metadata, pixel data verified).
+* :func:`load_mask` -> ``(rows, cols)`` uint8 mask, non-zero = lesion, from PNG/JPEG/BMP/TIFF,
+  NRRD (including Slicer's x-fastest one-slice labelmaps), NIfTI or ``.npy``.
+* :class:`UltrasoundRegion`: a region of SequenceOfUltrasoundRegions, clipped to the image.
+
+All arrays follow the package conventions: ``(frames, rows, cols[, channels])``, 0-based,
+boxes ``[x0, y0, x1, y1]`` with exclusive ends, ``spacing_mm = (row_mm, col_mm)``.
+"""
+
+from .image import UltrasoundImage, UltrasoundRegion, load_image, load_mask
+
+__all__ = ["UltrasoundImage", "UltrasoundRegion", "load_image", "load_mask"]
