@@ -68,7 +68,7 @@ def read_bpe_gz(source: Path) -> tuple[bytes, str]:
 def convert(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
     """Vocabulary (token -> id) and merge rules ("a b" strings, in rank order) of the BPE file."""
     lines = gzip.open(io.BytesIO(bpe_gz)).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:MERGE_STOP]]
+    merges = [tuple(line.split()) for line in lines[1:MERGE_STOP] if line.strip()]
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     tokens += ["".join(merge) for merge in merges]

@@ -28,11 +28,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "classify",
     "refine_prompts",
     "models",
+    "report",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sonovlm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sonovlm",
+        description="SonoVLM: ultrasound image I/O, lesion measurement and vision-language models "
+        "for segmentation and benign/malignant classification (research use only).",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

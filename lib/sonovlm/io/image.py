@@ -1,4 +1,8 @@
-"""Data classes and entry points of :mod:`sonovlm.io` (implementation in progress)."""
+"""Data classes and entry points of :mod:`sonovlm.io`.
+
+The readers live in their own modules (:mod:`.dicom`, :mod:`.raster`, :mod:`.volume`) and the
+mask reader/writer in :mod:`.mask`; this module holds what every caller sees.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..errors import SonoInputError
+from .colour import luma
+from .imaging_area import estimate_imaging_bbox
+from .mask import read_mask
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,21 @@ class UltrasoundRegion:
     clipped: bool = False
     data_type: int | None = None
 
+    @property
+    def area(self) -> int:
+        """Pixels inside the box."""
+        x0, y0, x1, y1 = self.bbox
+        return max(0, x1 - x0) * max(0, y1 - y0)
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether pixel ``(x, y)`` (column, row) lies inside the box."""
+        x0, y0, x1, y1 = self.bbox
+        return x0 <= x < x1 and y0 <= y < y1
+
+
+#: DICOM RegionDataType of a tissue (B-mode) region.
+TISSUE_REGION = 1
+
 
 @dataclass
 class UltrasoundImage:
@@ -39,6 +63,8 @@ class UltrasoundImage:
         channels: channel count after colour conversion (1 or 3).
         frame_time_ms: DICOM FrameTime, when present.
         regions: ultrasound regions, clipped to the image (see :class:`UltrasoundRegion`).
+        luma: ``(frames, rows, cols)``, the Y plane as stored when the file held YBR data (so that
+            :meth:`grey` returns the stored Y, not a round trip through RGB); ``None`` otherwise.
     """
 
     frames: np.ndarray
@@ -48,6 +74,7 @@ class UltrasoundImage:
     channels: int = 1
     frame_time_ms: float | None = None
     regions: list[UltrasoundRegion] = field(default_factory=list)
+    luma: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_frames(self) -> int:
@@ -64,12 +91,17 @@ class UltrasoundImage:
     @property
     def main_region(self) -> UltrasoundRegion | None:
         """The region imaging tissue: the largest B-mode (data type 1) region, else the largest."""
-        raise NotImplementedError
+        if not self.regions:
+            return None
+        tissue = [r for r in self.regions if r.data_type == TISSUE_REGION]
+        # max() keeps the first of equal areas: the order of the file decides ties.
+        return max(tissue or self.regions, key=lambda r: r.area)
 
     @property
     def spacing_mm(self) -> tuple[float, float] | None:
         """``(row_mm, col_mm)`` of the main region, or ``None`` when uncalibrated."""
-        raise NotImplementedError
+        region = self.main_region
+        return region.spacing_mm if region is not None else None
 
     def grey(self, frame: int | None = None) -> np.ndarray:
         """B-mode grey, float32 in the stored range: ``(rows, cols)`` for ``frame``, else all frames.
@@ -77,15 +109,38 @@ class UltrasoundImage:
         Colour goes to luma (the Y channel for YBR data, ITU-R BT.601 weights for RGB).
         Raises :class:`~sonovlm.errors.SonoInputError` for a frame out of range.
         """
-        raise NotImplementedError
+        if frame is not None:
+            if not 0 <= frame < self.n_frames:
+                raise SonoInputError(
+                    self.source, f"frame {frame} is out of range: the image has {self.n_frames} frame(s)"
+                )
+            index: slice | int = frame
+        else:
+            index = slice(None)
+        if self.luma is not None:
+            return np.asarray(self.luma[index], dtype=np.float32)
+        pixels = self.frames[index]
+        if self.channels == 1:
+            return np.asarray(pixels, dtype=np.float32)
+        return luma(pixels)
 
     def imaging_bbox(self) -> tuple[int, int, int, int]:
         """``(x0, y0, x1, y1)`` of the imaging area: the main region, else one found from content.
 
         Everything outside it (burned-in text, rulers, patient details) is cut before a model or a
-        training set sees the image.
+        training set sees the image. Without a region the box is estimated from the pixels by
+        :func:`sonovlm.io.imaging_area.estimate_imaging_bbox` (the largest connected non-dark
+        area over all frames).
         """
-        raise NotImplementedError
+        region = self.main_region
+        if region is not None:
+            return region.bbox
+        return estimate_imaging_bbox(self.grey())
+
+    def crop_to_imaging_area(self) -> np.ndarray:
+        """The frames cut to :meth:`imaging_bbox`: ``(frames, y1 - y0, x1 - x0[, channels])``."""
+        x0, y0, x1, y1 = self.imaging_bbox()
+        return self.frames[:, y0:y1, x0:x1]
 
 
 def load_image(path: str | os.PathLike) -> UltrasoundImage:
@@ -94,13 +149,17 @@ def load_image(path: str | os.PathLike) -> UltrasoundImage:
     Raises :class:`~sonovlm.errors.SonoInputError` naming the file for a missing file, a
     non-image, truncated or corrupt pixel data, or an unsupported transfer syntax.
     """
-    raise NotImplementedError
+    # The readers build UltrasoundImage objects, so they import this module; import them here.
+    from .reader import read_image
+
+    return read_image(path)
 
 
 def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a lesion mask as ``(rows, cols)`` uint8 (values as stored; non-zero = lesion).
 
     ``shape`` is the ``(rows, cols)`` of the image it belongs to; a mismatch raises
-    :class:`~sonovlm.errors.SonoInputError`.
+    :class:`~sonovlm.errors.SonoInputError`. See :func:`sonovlm.io.mask.read_mask` for the
+    rules per format.
     """
-    raise NotImplementedError
+    return read_mask(path, shape)

@@ -1,0 +1,408 @@
+"""The studies folder as MONAI Label's local datastore, kept whole.
+
+Changes to MONAI Label 0.8.5's :class:`LocalDatastore`:
+
+* Ultrasound formats are listed (``*.dcm`` and the others of :data:`DEFAULT_IMAGE_PATTERNS`)
+  unless ``MONAI_LABEL_DATASTORE_FILE_EXT`` is set.
+* The index ``datastore_v2.json`` is written atomically (temporary file + ``os.replace``) and re-read
+  under its lock before every change; one lock object per datastore, so nested use cannot deadlock.
+* A label is checked against its image *before* anything is written (MONAI Label writes first and
+  calls ``on_save_label`` afterwards); a bad one is a 4xx and nothing stored changes. Labels are
+  stored in one canonical form (:mod:`sonovlm.app.labels`), atomically; the previous final label
+  moves to the label history; who saved a label and when is kept in its info.
+* Unknown image ids are 404, not 500.
+* Organ and pathology per image come from labels, image info, then ``cases.csv``.
+
+App state that is not part of MONAI Label's index (label history, scores, results) lives in
+``STUDIES/.sonovlm/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+from .atomic import file_signature, write_atomic, write_bytes_atomic
+from .cases import CaseTable
+from .config import DEFAULT_IMAGE_PATTERNS
+from .http import input_errors_as_http, not_found
+from .labels import CheckedLabel, check_label, label_extension, resolve_organ, resolve_pathology, write_label
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".sonovlm"
+
+#: ``(path) -> (frames, rows, cols, spacing_mm)`` of an image; the app passes its cached loader.
+ImageGeometry = Callable[[str], tuple[int, int, int, tuple[float, float] | None]]
+
+
+def image_patterns() -> list[str]:
+    """File patterns listed as images: ``MONAI_LABEL_DATASTORE_FILE_EXT`` when set, else ours."""
+    if os.environ.get("MONAI_LABEL_DATASTORE_FILE_EXT"):
+        from monailabel.config import settings
+
+        return list(settings.MONAI_LABEL_DATASTORE_FILE_EXT)
+    return list(DEFAULT_IMAGE_PATTERNS)
+
+
+def _default_geometry(path: str) -> tuple[int, int, int, tuple[float, float] | None]:
+    from ..io import load_image
+
+    image = load_image(path)
+    return image.n_frames, image.height, image.width, image.spacing_mm
+
+
+def _who(info: dict[str, Any]) -> str:
+    for key in ("user", "username", "client_id"):
+        value = info.get(key)
+        if value:
+            return str(value)
+    return "anonymous"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class SonoDatastore(LocalDatastore):
+    """Local datastore with atomic index writes and labels checked before they are stored.
+
+    Args:
+        studies: the studies folder.
+        geometry: returns ``(frames, rows, cols, spacing_mm)`` of an image path (decoding it);
+            raises :class:`SonoInputError` for a file that is not a readable image.
+        auto_reload, read_only: as for :class:`LocalDatastore`.
+    """
+
+    def __init__(
+        self,
+        studies: str,
+        geometry: ImageGeometry | None = None,
+        extensions: list[str] | None = None,
+        auto_reload: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        # Set before LocalDatastore.__init__, which already reads the index through our overrides.
+        self._index_lock = FileLock(os.path.join(studies, ".lock"))
+        self._mutex = threading.RLock()
+        self._index_signature: tuple[int, int, int] | None = None
+        self._geometry = geometry or _default_geometry
+        self.studies_dir = Path(studies)
+        self.state_dir = self.studies_dir / STATE_DIR
+        self.cases = CaseTable(studies)
+        super().__init__(
+            studies,
+            extensions=extensions or image_patterns(),
+            auto_reload=auto_reload,
+            read_only=read_only,
+        )
+
+    # -- the index: atomic, re-read under one lock -------------------------------------------------
+
+    def _locked(self):
+        """Process-wide (file lock) and thread-wide exclusion; re-entrant for the holding thread."""
+        return _Both(self._mutex, self._index_lock)
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        with self._locked():
+            signature = file_signature(self._datastore_config_path)
+            if signature is None or signature == self._index_signature:
+                return
+            try:
+                with open(self._datastore_config_path, encoding="utf-8") as fh:
+                    model = LocalDatastoreModel.model_validate_json(fh.read())
+            except ValueError as exc:
+                if not throw_exception:
+                    logger.error("Datastore index unreadable, keeping the copy in memory: %s", exc)
+                    return
+                # Only a file written by something else can be broken (ours are atomic): keep it
+                # for inspection and rebuild the index from the files on disk.
+                aside = f"{self._datastore_config_path}.broken-{int(time.time())}"
+                os.replace(self._datastore_config_path, aside)
+                logger.error(
+                    "Datastore index %s unreadable (%s); moved to %s and rebuilt",
+                    self._datastore_config_path,
+                    exc,
+                    aside,
+                )
+                self._index_signature = None
+                return
+            model.base_path = self._datastore_path
+            self._datastore = model
+            self._index_signature = signature
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        with self._locked():
+            self._ignore_event_config = True
+            payload = self._datastore.model_dump_json(exclude={"base_path"}, indent=2).encode("utf-8")
+            write_bytes_atomic(self._datastore_config_path, payload)
+            self._index_signature = file_signature(self._datastore_config_path)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+    def _reconcile_datastore(self) -> None:
+        with self._locked():
+            super()._reconcile_datastore()
+
+    def _object(self, image_id: str) -> ImageLabelModel:
+        """The index entry of ``image_id`` (call under the lock after a re-read); 404 if unknown."""
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise not_found(f"image {image_id!r} is not in the datastore")
+        return obj
+
+    def has_image(self, image_id: str) -> bool:
+        with self._locked():
+            self._init_from_datastore_file()
+            return image_id in self._datastore.objects
+
+    # -- images ------------------------------------------------------------------------------------
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Add an image after checking it decodes; 422 for a file that is not a readable image."""
+        with input_errors_as_http():
+            self._geometry(image_filename)
+        new_id, image_ext = self._to_id(os.path.basename(image_filename))
+        image_id = image_id or new_id
+        name = self._filename(image_id, image_ext)
+        dest = os.path.realpath(os.path.join(self._datastore.image_path(), name))
+        with self._locked():
+            self._init_from_datastore_file()
+            write_atomic(dest, lambda tmp: shutil.copyfile(image_filename, tmp))
+            info = dict(image_info or {})
+            info.update({"ts": int(time.time()), "name": name, "added_by": _who(info), "added_at": _now()})
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=image_ext))
+            self._update_datastore_file()
+        logger.info("Added image %s => %s", image_id, dest)
+        return image_id
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``info`` into the image's info; organ/pathology are checked (422 when unknown)."""
+        info = dict(info)
+        with input_errors_as_http():
+            if "organ" in info:
+                info["organ"] = resolve_organ(info["organ"], None)
+            if "pathology" in info:
+                info["pathology"] = resolve_pathology(info["pathology"])
+        with self._locked():
+            self._init_from_datastore_file()
+            obj = self._object(image_id)
+            obj.image.info.update(info)
+            self._update_datastore_file()
+            return dict(obj.image.info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> dict[str, Any]:
+        with self._locked():
+            self._init_from_datastore_file()
+            label = self._datastore.label(label_id, label_tag)
+            if label is None:
+                raise not_found(f"no {label_tag!r} label for image {label_id!r}")
+            label.info.update(info)
+            self._update_datastore_file()
+            return dict(label.info)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        with self._locked():
+            super().remove_label(label_id, label_tag)
+
+    def remove_image(self, image_id: str) -> None:
+        with self._locked():
+            self._init_from_datastore_file()
+            self._object(image_id)
+            super().remove_image(image_id)
+
+    # -- labels ------------------------------------------------------------------------------------
+
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
+    ) -> str:
+        """Check, then store a label; 404 for an unknown image, 422 for a label that does not fit.
+
+        Nothing is written before the label passed every check. The stored file is the canonical
+        form (PNG for one frame, NRRD for a whole cine) written atomically; the previous label of
+        the same tag is kept in ``.sonovlm/label_history/``.
+        """
+        label_tag = label_tag or DefaultLabelTag.FINAL.value
+        params = dict(label_info or {})
+        image_path = self.get_image_uri(image_id)
+        if not image_path:
+            raise not_found(f"image {image_id!r} is not in the datastore")
+
+        with input_errors_as_http():
+            frames, rows, cols, spacing_mm = self._geometry(image_path)
+            model_params = params.get("params") if isinstance(params.get("params"), dict) else {}
+            merged = {**model_params, **params}
+            checked = check_label(label_filename, (frames, rows, cols), merged, self.recorded_organ(image_id))
+
+        with self._locked():
+            self._init_from_datastore_file()
+            obj = self._object(image_id)
+            label_dir = Path(self._datastore.label_path(label_tag))
+            label_dir.mkdir(parents=True, exist_ok=True)
+            ext = label_extension(checked)
+            dest = label_dir / self._filename(image_id, ext)
+
+            history = self._archive_previous(image_id, label_tag, obj)
+            write_atomic(dest, lambda tmp: write_label(tmp, checked, spacing_mm), suffix=ext)
+
+            info = self._label_info(params, checked, history)
+            info.update({"ts": int(time.time()), "name": dest.name})
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file()
+        logger.info("Saved %s label of %s by %s (%s)", label_tag, image_id, info["saved_by"], dest)
+        return image_id
+
+    def _label_info(self, params: dict[str, Any], checked: CheckedLabel, history: list) -> dict[str, Any]:
+        info = {k: v for k, v in params.items() if k not in ("label_info_file",)}
+        info.update(
+            {
+                "organ": checked.organ,
+                "annotated_frames": checked.annotated_frames,
+                "saved_by": _who(params),
+                "saved_at": _now(),
+                "history": history,
+            }
+        )
+        if checked.pathology is not None:
+            info["pathology"] = checked.pathology
+        else:
+            info.pop("pathology", None)
+        if checked.frame is not None:
+            info["frame"] = checked.frame
+        else:
+            info.pop("frame", None)
+        return info
+
+    def _archive_previous(self, image_id: str, label_tag: str, obj: ImageLabelModel) -> list[dict[str, Any]]:
+        """Move the current label of ``label_tag`` to the history folder; return the new history."""
+        previous = obj.labels.get(label_tag)
+        if previous is None:
+            return []
+        history = list(previous.info.get("history", []))
+        src = Path(self._datastore.label_path(label_tag)) / self._filename(image_id, previous.ext)
+        if not src.exists():
+            return history
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time_ns() % 1_000_000_000:09d}"
+        dest = self.state_dir / "label_history" / label_tag / image_id / f"{stamp}{previous.ext}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        old = {k: v for k, v in previous.info.items() if k != "history"}
+        history.append({"file": str(dest.relative_to(self.studies_dir)), **old})
+        return history
+
+    # -- organ, pathology and training lists -------------------------------------------------------
+
+    def recorded_organ(self, image_id: str) -> str | None:
+        """The image's organ: final label info, then image info, then ``cases.csv``; else None."""
+        return self._recorded(image_id, "organ")
+
+    def recorded_pathology(self, image_id: str) -> str | None:
+        """The image's pathology: final label info, then image info, then ``cases.csv``; else None."""
+        return self._recorded(image_id, "pathology")
+
+    def _recorded(self, image_id: str, key: str) -> str | None:
+        obj = self._datastore.objects.get(image_id)
+        if obj is not None:
+            final = obj.labels.get(DefaultLabelTag.FINAL)
+            for info in (final.info if final else {}, obj.image.info):
+                if info.get(key):
+                    return str(info[key])
+        case = self.cases.get(image_id)
+        return getattr(case, key) if case else None
+
+    def segmentation_items(self) -> list[dict[str, Any]]:
+        """One item per annotated frame of every image with a final label.
+
+        Each item: ``image`` (path), ``label`` (path), ``image_id``, ``organ``, ``frame`` and
+        ``label_frame`` (the slice of the label file: 0 for a one-frame label, else ``frame``).
+        """
+        with self._locked():
+            self._init_from_datastore_file()
+            objects = dict(self._datastore.objects)
+        items = []
+        for image_id, obj in sorted(objects.items()):
+            final = obj.labels.get(DefaultLabelTag.FINAL)
+            if final is None:
+                continue
+            image = self.get_image_uri(image_id)
+            label = self.get_label_uri(image_id, DefaultLabelTag.FINAL)
+            organ = final.info.get("organ") or self.recorded_organ(image_id)
+            if organ is None:
+                logger.warning("Label of %s has no organ; left out of training", image_id)
+                continue
+            frames = final.info.get("annotated_frames")
+            one_frame = "frame" in final.info or frames is None
+            frames = [int(final.info.get("frame", 0))] if one_frame else [int(f) for f in frames]
+            for frame in frames:
+                items.append(
+                    {
+                        "image": image,
+                        "label": label,
+                        "image_id": image_id,
+                        "organ": organ,
+                        "frame": frame,
+                        "label_frame": 0 if one_frame else frame,
+                    }
+                )
+        return items
+
+    def classification_items(self) -> list[dict[str, Any]]:
+        """One item per image with a known pathology: ``image``, ``image_id``, ``organ``, ``pathology``,
+        ``frame`` (the labelled frame, else ``None`` = the middle one)."""
+        with self._locked():
+            self._init_from_datastore_file()
+            ids = sorted(self._datastore.objects)
+        items = []
+        for image_id in ids:
+            pathology = self.recorded_pathology(image_id)
+            organ = self.recorded_organ(image_id)
+            if pathology is None or organ is None:
+                continue
+            final = self._datastore.objects[image_id].labels.get(DefaultLabelTag.FINAL)
+            frame = final.info.get("frame") if final else None
+            items.append(
+                {
+                    "image": self.get_image_uri(image_id),
+                    "image_id": image_id,
+                    "organ": organ,
+                    "pathology": pathology,
+                    "frame": frame,
+                }
+            )
+        return items
+
+    def status(self) -> dict[str, Any]:
+        with self._locked():
+            self._init_from_datastore_file()
+            return super().status()
+
+
+class _Both:
+    """Enter two context managers in order, leave them in reverse."""
+
+    def __init__(self, first, second) -> None:
+        self._first, self._second = first, second
+
+    def __enter__(self) -> None:
+        self._first.__enter__()
+        try:
+            self._second.__enter__()
+        except BaseException:
+            self._first.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._second.__exit__(*exc)
+        finally:
+            self._first.__exit__(*exc)

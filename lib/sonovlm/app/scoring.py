@@ -1,0 +1,188 @@
+"""Uncertainty scores and image embeddings for active learning, per served model version.
+
+MONAI Label 0.8.5 re-scores after every next-sample in a subprocess that rebuilds the whole app;
+that is switched off. Here scores are recomputed in the server, in a background thread sharing
+the served model, after each publish (debounced) and at start when the served version has none.
+They are stored beside the datastore, in ``STUDIES/.sonovlm/scores/``, keyed by model version,
+not in MONAI Label's index::
+
+    VERSION.json   {"model_version", "computed_at", "uncertainty": {image_id: entropy}}
+    VERSION.npz    ids (N,), embeddings (N, D) float32
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import file_signature, read_json, write_atomic, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _stem(version: str) -> str:
+    return _SAFE.sub("_", version).strip("._") or "unversioned"
+
+
+class ScoreStore:
+    """Reads and writes the per-version score files of one studies folder."""
+
+    def __init__(self, scores_dir: str | Path) -> None:
+        self.scores_dir = Path(scores_dir)
+        self._cache: dict[Path, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, path: Path, reader: Callable[[Path], Any]) -> Any:
+        signature = file_signature(path)
+        if signature is None:
+            return None
+        with self._lock:
+            cached = self._cache.get(path)
+            if cached and cached[0] == signature:
+                return cached[1]
+        value = reader(path)
+        with self._lock:
+            self._cache[path] = (signature, value)
+        return value
+
+    def uncertainty(self, version: str) -> dict[str, float] | None:
+        data = self._load(self.scores_dir / f"{_stem(version)}.json", lambda p: read_json(p))
+        return None if data is None else {k: float(v) for k, v in data.get("uncertainty", {}).items()}
+
+    def embeddings(self, version: str) -> dict[str, np.ndarray] | None:
+        def read(path: Path) -> dict[str, np.ndarray]:
+            with np.load(path, allow_pickle=False) as data:
+                return {str(i): v for i, v in zip(data["ids"], data["embeddings"], strict=True)}
+
+        return self._load(self.scores_dir / f"{_stem(version)}.npz", read)
+
+    def has(self, version: str) -> bool:
+        stem = _stem(version)
+        return (self.scores_dir / f"{stem}.json").exists() and (self.scores_dir / f"{stem}.npz").exists()
+
+    def write(self, version: str, uncertainty: dict[str, float], embeddings: dict[str, np.ndarray]) -> None:
+        stem = _stem(version)
+        ids = sorted(embeddings)
+        matrix = (
+            np.stack([np.asarray(embeddings[i], dtype=np.float32) for i in ids])
+            if ids
+            else np.zeros((0, 0), np.float32)
+        )
+
+        def write_npz(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, ids=np.array(ids, dtype=str), embeddings=matrix)
+
+        write_atomic(self.scores_dir / f"{stem}.npz", write_npz)
+        write_json_atomic(
+            self.scores_dir / f"{stem}.json",
+            {
+                "model_version": version,
+                "computed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "uncertainty": uncertainty,
+            },
+        )
+
+
+@dataclass
+class ScoringJob:
+    """What one scoring pass needs from the app (callables keep this module free of the model)."""
+
+    model_version: Callable[[], str]
+    images: Callable[[], Iterable[tuple[str, bool]]]
+    """``(image_id, labelled)`` pairs."""
+    score_image: Callable[[str, bool], tuple[float | None, np.ndarray]]
+    """``(image_id, labelled) -> (uncertainty or None, embedding)``; runs the model."""
+
+
+class BackgroundScorer:
+    """Recomputes scores in a daemon thread, ``delay_s`` after the last :meth:`schedule` call."""
+
+    def __init__(self, store: ScoreStore, job: ScoringJob, delay_s: float = 5.0) -> None:
+        self.store = store
+        self.job = job
+        self.delay_s = delay_s
+        self._due: float | None = None
+        self._cond = threading.Condition()
+        self._state = "idle"
+        self._last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="sonovlm-scoring", daemon=True)
+        self._thread.start()
+
+    def schedule(self, reason: str) -> None:
+        """Ask for a recomputation; calls within ``delay_s`` of each other start one pass."""
+        with self._cond:
+            self._due = time.monotonic() + self.delay_s
+            if self._state == "idle":
+                self._state = "pending"
+            logger.info("Scoring scheduled in %.1f s (%s)", self.delay_s, reason)
+            self._cond.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {"state": self._state, "last_error": self._last_error}
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no pass is pending or running (for tests and the benchmark)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._state != "idle" or self._due is not None:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._due is None or time.monotonic() < self._due:
+                    self._cond.wait(None if self._due is None else max(0.0, self._due - time.monotonic()))
+                self._due = None
+                self._state = "running"
+            try:
+                self._score_all()
+                self._last_error = None
+            except Exception as exc:  # keep the thread alive; the next publish retries
+                logger.exception("Scoring failed")
+                self._last_error = str(exc)
+            with self._cond:
+                self._state = "pending" if self._due is not None else "idle"
+                self._cond.notify_all()
+
+    def _score_all(self) -> None:
+        version = self.job.model_version()
+        uncertainty: dict[str, float] = {}
+        embeddings: dict[str, np.ndarray] = {}
+        start = time.monotonic()
+        for image_id, labelled in self.job.images():
+            if self.job.model_version() != version:
+                logger.info("Model changed during scoring of %s; starting over", version)
+                self.schedule("model changed during scoring")
+                return
+            try:
+                score, embedding = self.job.score_image(image_id, labelled)
+            except Exception as exc:  # one unreadable image must not stop the others
+                logger.warning("Scoring skipped %s: %s", image_id, exc)
+                continue
+            embeddings[image_id] = embedding
+            if score is not None:
+                uncertainty[image_id] = float(score)
+        self.store.write(version, uncertainty, embeddings)
+        logger.info(
+            "Scored %d images (%d uncertainty) for model %s in %.1f s",
+            len(embeddings),
+            len(uncertainty),
+            version,
+            time.monotonic() - start,
+        )

@@ -1,0 +1,241 @@
+"""The SonoVLM MONAI Label app: tasks, datastore, strategies and the shared model, wired together.
+
+``monailabel_app/main.py`` subclasses :class:`SonoVLMServer`; MONAI Label builds it as
+``cls(app_dir, studies, conf)`` in the server and again in every training subprocess. Building it
+is cheap (no model is loaded): the server loads and warms up the model in
+:meth:`SonoVLMServer.on_init_complete`, which only the server calls; a backbone that cannot be
+loaded stops the server there with the reason.
+
+Overridden MONAI Label 0.8.5 behaviour (see the reference notes):
+
+* ``infer``/``next_sample``: unknown image ids and strategies are 404, bad input 422.
+* automatic re-scoring after every next-sample is off; scores follow publishes instead
+  (:mod:`sonovlm.app.scoring`).
+* the datastore is :class:`~sonovlm.app.datastore.SonoDatastore`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+
+from .. import __version__
+from ..errors import ModelLoadError, SonoInputError
+from ..organs import ORGAN_LABELS
+from .config import AppConfig
+from .datastore import STATE_DIR, SonoDatastore
+from .frames import ImageCache
+from .http import not_found
+from .infer import DEFAULT_ORGAN, ClassificationTask, SegmentationTask
+from .model_store import ModelStore
+from .registry import ModelRegistry
+from .results import ResultLog
+from .scoring import BackgroundScorer, ScoreStore, ScoringJob
+from .strategies import DiversityStrategy, FirstStrategy, RandomStrategy, ServedLog, UncertaintyStrategy
+
+logger = logging.getLogger(__name__)
+
+
+class SonoVLMServer(MONAILabelApp):
+    """MONAI Label app serving one SonoVLM model (see the module notes)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        try:
+            self.app_config = AppConfig.from_conf(conf, app_dir)
+        except SonoInputError as exc:
+            logger.error("Bad configuration: %s", exc)
+            raise
+        state_dir = Path(studies) / STATE_DIR
+        self.store = ModelStore(self.app_config.model_dir, keep=self.app_config.keep_versions)
+        self.images = ImageCache(cache_under=studies)
+        self.registry = ModelRegistry(self.app_config, self.store, self.images)
+        self.scores = ScoreStore(state_dir / "scores")
+        self.results = ResultLog(state_dir / "results")
+        self.served = ServedLog()
+        self.scorer: BackgroundScorer | None = None
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="SonoVLM",
+            description="Ultrasound lesion segmentation and benign/malignant classification "
+            "with a vision-language foundation model",
+            version=__version__,
+            labels=list(ORGAN_LABELS),
+        )
+        # MONAI Label's re-scoring rebuilds the whole app in a subprocess after every next-sample.
+        self._auto_update_scoring = False
+
+    # -- wiring ------------------------------------------------------------------------------------
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SonoDatastore(
+            self.studies,
+            geometry=self._geometry,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _geometry(self, path: str) -> tuple[int, int, int, tuple[float, float] | None]:
+        image = self.images.get(path)
+        return image.n_frames, image.height, image.width, image.spacing_mm
+
+    def _recorded_organ(self, image_id: str | None) -> str | None:
+        datastore = self.datastore()
+        if image_id and isinstance(datastore, SonoDatastore):
+            return datastore.recorded_organ(image_id)
+        return None
+
+    def init_infers(self) -> dict[str, Any]:
+        infers: dict[str, Any] = {}
+        if "segmentation" in self.app_config.models:
+            infers["segmentation"] = SegmentationTask(
+                self.registry, self._recorded_organ, self.results.record
+            )
+        if "classification" in self.app_config.models:
+            infers["classification"] = ClassificationTask(
+                self.registry, self._recorded_organ, self.results.record
+            )
+        return infers
+
+    def init_trainers(self) -> dict[str, Any]:
+        from .train import ClassificationTrainer, SegmentationTrainer
+
+        trainers: dict[str, Any] = {}
+        if "segmentation" in self.app_config.models:
+            trainers["segmentation"] = SegmentationTrainer(self.app_config, self.store)
+        if "classification" in self.app_config.models:
+            trainers["classification"] = ClassificationTrainer(self.app_config, self.store)
+        return trainers
+
+    def init_strategies(self) -> dict[str, Any]:
+        version = self._served_version
+        return {
+            "random": RandomStrategy(self.served),
+            "first": FirstStrategy(self.served),
+            "uncertainty": UncertaintyStrategy(self.served, self.scores, version),
+            "diversity": DiversityStrategy(self.served, self.scores, version),
+        }
+
+    def init_scoring_methods(self) -> dict[str, Any]:
+        return {}
+
+    def _served_version(self) -> str:
+        return self.registry.model_version
+
+    # -- server start ------------------------------------------------------------------------------
+
+    def on_init_complete(self) -> None:
+        """Load and warm up the model (server only); fail fast with the reason when it cannot."""
+        if self.app_config.threads:
+            import torch
+
+            torch.set_num_threads(self.app_config.threads)
+        try:
+            self.registry.start()
+        except (ModelLoadError, SonoInputError) as exc:
+            logger.error("Cannot serve backbone %r: %s", self.app_config.backbone, exc)
+            raise
+        if self.app_config.warmup:
+            self._warm_up()
+        self._start_scoring()
+        super().on_init_complete()
+
+    def _warm_up(self) -> None:
+        """Import and run everything a first request uses, so it is as fast as later ones."""
+        seconds = self.registry.warm_up()
+        datastore = self.datastore()
+        images = datastore.list_images()
+        if images:
+            first = sorted(images)[0]
+            try:
+                for task in self._infers.values():
+                    task({"image": datastore.get_image_uri(first), "image_id": first, "logging": "WARNING"})
+            except Exception as exc:  # a bad study must not stop the server; it is a 4xx later
+                logger.warning("Warm-up on %s failed: %s", first, exc)
+        logger.info("Warm-up done (model %.2f s)", seconds)
+
+    def _start_scoring(self) -> None:
+        datastore = self.datastore()
+        if not isinstance(datastore, SonoDatastore):
+            return
+        job = ScoringJob(
+            model_version=self._served_version,
+            images=lambda: [
+                (i, bool(datastore.get_label_by_image_id(i, DefaultLabelTag.FINAL)))
+                for i in sorted(datastore.list_images())
+            ],
+            score_image=self._score_image,
+        )
+        self.scorer = BackgroundScorer(self.scores, job, delay_s=self.app_config.scoring_delay_s)
+        if self.app_config.auto_scoring:
+            self.registry.on_change(lambda version: self.scorer.schedule(f"model {version} published"))
+            if not self.scores.has(self.registry.model_version):
+                self.scorer.schedule("no scores for the served model yet")
+
+    def _score_image(self, image_id: str, labelled: bool):
+        datastore = self.datastore()
+        image = self.images.get(datastore.get_image_uri(image_id))
+        organ = self._recorded_organ(image_id) or DEFAULT_ORGAN
+        with self.registry.inference() as predictor:
+            embedding = predictor.embedding(image)
+            uncertainty = None
+            if not labelled:
+                uncertainty = predictor.uncertainty(image, organ, samples=self.app_config.uncertainty_samples)
+        return uncertainty, embedding
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        meta = super().info()
+        meta["sonovlm"] = {
+            **self.registry.info(),
+            "published": [
+                {
+                    "version": m.version,
+                    "published_at": m.published_at,
+                    "source": m.source,
+                    "current": m.current,
+                }
+                for m in self.store.history()[-5:]
+            ],
+            "scoring": self.scorer.status() if self.scorer else {"state": "off"},
+            "image_cache": self.images.stats(),
+        }
+        return meta
+
+    def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
+        """Resolve the image (datastore id -> path, 404 when unknown) and run the task."""
+        if request.get("model") not in self._infers:
+            raise not_found(f"no infer task {request.get('model')!r}; available: {', '.join(self._infers)}")
+        datastore = datastore or self.datastore()
+        image = request.get("image")
+        request = dict(request)
+        if isinstance(image, str) and image:
+            if isinstance(datastore, SonoDatastore) and datastore.has_image(image):
+                request["image_id"] = image
+            elif not os.path.isfile(image):
+                raise not_found(f"image {image!r} is not in the datastore")
+        return super().infer(request, datastore)
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        strategy = request.get("strategy") or "random"
+        task = self._strategies.get(strategy)
+        if task is None:
+            raise not_found(f"no strategy {strategy!r}; available: {', '.join(self._strategies)}")
+        result = task(request, self.datastore())
+        result["path"] = self.datastore().get_image_uri(result["id"])
+        return result
+
+    def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
+        info = self.datastore().get_label_info(label_id, DefaultLabelTag.FINAL)
+        keys = ("organ", "pathology", "frame", "annotated_frames", "saved_by", "saved_at")
+        return {k: info[k] for k in keys if k in info}

@@ -1,0 +1,43 @@
+"""``load_image``'s dispatch: sniff the file, call the reader for its kind."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import SonoInputError
+from .dicom import read_dicom
+from .formats import DICOM, DICOM_RAW, NIFTI, NRRD, NUMPY, RASTER, sniff
+from .image import UltrasoundImage, UltrasoundRegion
+from .raster import read_raster
+from .volume import Volume, read_nifti, read_nrrd
+
+
+def read_image(path: str | os.PathLike) -> UltrasoundImage:
+    """See :func:`sonovlm.io.load_image`."""
+    kind = sniff(path)
+    source = os.fspath(path)
+    if kind in (DICOM, DICOM_RAW):
+        return read_dicom(path, force=kind == DICOM_RAW)
+    if kind == RASTER:
+        frames = read_raster(path)
+        return UltrasoundImage(frames=frames, source=source, channels=_channels(frames))
+    if kind in (NRRD, NIFTI):
+        volume = read_nrrd(path) if kind == NRRD else read_nifti(path)
+        return _from_volume(volume, source)
+    if kind == NUMPY:
+        raise SonoInputError(path, "a .npy file is read as a mask, not an image")
+    raise SonoInputError(path, f"cannot read an image from a {kind} file")  # pragma: no cover
+
+
+def _channels(frames) -> int:
+    return 3 if frames.ndim == 4 else 1
+
+
+def _from_volume(volume: Volume, source: str) -> UltrasoundImage:
+    """A calibrated NRRD/NIfTI header becomes one region over the whole image with its spacing."""
+    frames = volume.array
+    regions = []
+    if volume.spacing_mm is not None:
+        rows, cols = frames.shape[1:3]
+        regions.append(UltrasoundRegion(bbox=(0, 0, cols, rows), spacing_mm=volume.spacing_mm))
+    return UltrasoundImage(frames=frames, source=source, channels=_channels(frames), regions=regions)

@@ -1,0 +1,561 @@
+"""Ultrasound images, segments and measurement lines in a Slicer MRML scene, without Qt.
+
+:class:`UltrasoundSceneLogic` works on any ``vtkMRMLScene`` (Slicer's ``slicer.mrmlScene`` in the
+application, a bare scene in tests with the ``slicer-core`` package). It uses only MRML nodes and
+the static functions of ``vtkSlicerSegmentationsModuleLogic``, never ``slicer.app`` or
+``slicer.modules``. ``slicer`` and ``vtk`` are imported inside the functions, so that the module
+imports anywhere.
+
+Layout of a case in the scene:
+
+* a 2D image is a one-slice grey scalar volume (colour turned to ITU-R BT.601 luma), spacing
+  ``(col_mm, row_mm, 1)`` from the DICOM ultrasound region when there is one;
+* a cine loop is a sequence of such one-slice volumes with a sequence browser; the browser's
+  proxy volume is the displayed frame, and the frame segmented is the browser's current one;
+* one segmentation node per case, whose segments are named and coloured per organ and tagged with
+  the organ (and the frame, for a cine);
+* two markups line nodes per case for the long and short axis of the measured segment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .dicom_header import is_dicom, read_dicom_header
+from .geometry import array_to_matrix, pixel_points_to_ras, ultrasound_ijk_to_ras, volume_ijk_to_ras
+from .measurement import LesionMeasurement, measure_lesion
+from .organs import FRAME_TAG, ORGAN_TAG, segment_colour, segment_name
+
+#: Node attributes the extension sets.
+IMAGE_ID_ATTRIBUTE = "SonoVLM.imageId"
+CALIBRATED_ATTRIBUTE = "SonoVLM.calibrated"
+AXIS_ATTRIBUTE = "SonoVLM.axis"
+CASE_ATTRIBUTE = "SonoVLM.case"
+
+#: ITU-R BT.601 luma weights (R, G, B), as sonovlm.io uses for colour B-mode.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class UltrasoundCase:
+    """One image (or cine) being annotated.
+
+    Attributes:
+        name: node name stem.
+        volume: the displayed one-slice scalar volume (for a cine, the browser's proxy volume).
+        segmentation: the case's segmentation node.
+        rows, cols, frames: frame size and number of frames.
+        spacing_mm: ``(row_mm, col_mm)``, or ``None`` when the image is not calibrated.
+        image_id: the server's datastore id (``None`` until the image is on the server).
+        browser: the sequence browser of a cine, else ``None``.
+        sequence: the frames' sequence node of a cine, else ``None``.
+        source_path: the file the image was read from, if any.
+    """
+
+    name: str
+    volume: Any
+    segmentation: Any
+    rows: int
+    cols: int
+    frames: int
+    spacing_mm: tuple[float, float] | None
+    image_id: str | None = None
+    browser: Any = None
+    sequence: Any = None
+    source_path: str | None = None
+
+    @property
+    def is_cine(self) -> bool:
+        return self.browser is not None
+
+    def current_frame(self) -> int:
+        """0-based frame shown now (always 0 for a single image)."""
+        return int(self.browser.GetSelectedItemNumber()) if self.browser is not None else 0
+
+    def set_image_id(self, image_id: str) -> None:
+        self.image_id = image_id
+        self.volume.SetAttribute(IMAGE_ID_ATTRIBUTE, image_id)
+
+
+class UltrasoundSceneLogic:
+    """Builds and reads ultrasound cases in an MRML scene.
+
+    Args:
+        scene: the ``vtkMRMLScene``; ``slicer.mrmlScene`` when ``None`` (in the application).
+    """
+
+    def __init__(self, scene: Any = None) -> None:
+        if scene is None:
+            import slicer
+
+            scene = slicer.mrmlScene
+        self.scene = scene
+
+    # ---------------------------------------------------------------- images in
+
+    def load_image(self, path: str, image_id: str | None = None, name: str | None = None) -> UltrasoundCase:
+        """Read an image file (DICOM, or any format Slicer reads) into a new case.
+
+        DICOM spacing comes from the ultrasound region (:mod:`.dicom_header`); other files are
+        calibrated when Slicer reads a spacing other than 1 x 1 from them (NRRD, NIfTI).
+        """
+        header = read_dicom_header(path) if is_dicom(path) else None
+        colour = header.samples_per_pixel > 1 if header is not None else _file_components(path) > 1
+        volume = self._read_volume(path, colour)
+        try:
+            voxels = _volume_array(volume)
+            if header is not None:
+                spacing = header.spacing_mm
+            else:
+                spacing = _calibrated_spacing(volume)
+        finally:
+            self._remove(volume)
+        name = name or os.path.basename(path).split(".")[0]
+        case = self.case_from_frames(_grey_frames(voxels, colour), spacing, name, image_id)
+        case.source_path = path
+        return case
+
+    def case_from_volume(self, volume: Any, image_id: str | None = None) -> UltrasoundCase:
+        """A case for a volume already in the scene (loaded by the user).
+
+        A one-slice scalar volume is used as it is; a colour or multi-slice one (slices as
+        frames) becomes a new grey case. Calibrated when its spacing is not 1 x 1.
+        """
+        voxels = _volume_array(volume)
+        colour = volume.IsA("vtkMRMLVectorVolumeNode") and voxels.ndim == 4
+        spacing = _calibrated_spacing(volume)
+        if not colour and voxels.shape[0] == 1:
+            segmentation = self._segmentation_for(volume, volume.GetName())
+            volume.SetAttribute(CALIBRATED_ATTRIBUTE, "1" if spacing is not None else "0")
+            case = UltrasoundCase(
+                name=volume.GetName(),
+                volume=volume,
+                segmentation=segmentation,
+                rows=int(voxels.shape[1]),
+                cols=int(voxels.shape[2]),
+                frames=1,
+                spacing_mm=spacing,
+            )
+        else:
+            case = self.case_from_frames(_grey_frames(voxels, colour), spacing, volume.GetName())
+        if image_id:
+            case.set_image_id(image_id)
+        return case
+
+    def case_from_frames(
+        self,
+        frames: np.ndarray,
+        spacing_mm: Sequence[float] | None,
+        name: str,
+        image_id: str | None = None,
+    ) -> UltrasoundCase:
+        """A case from grey ``(frames, rows, cols)`` pixels.
+
+        One frame gives a one-slice volume; several give a sequence and a browser, showing the
+        middle frame (the server's default frame).
+        """
+        import slicer
+
+        frames = np.asarray(frames)
+        if frames.ndim != 3 or frames.shape[0] < 1:
+            raise ValueError(f"expected (frames, rows, cols) pixels, got shape {frames.shape}")
+        spacing = (float(spacing_mm[0]), float(spacing_mm[1])) if spacing_mm is not None else None
+        ijk_to_ras = array_to_matrix(ultrasound_ijk_to_ras(spacing))
+        count, rows, cols = (int(n) for n in frames.shape)
+
+        browser = sequence = None
+        if count == 1:
+            volume = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            volume.SetIJKToRASMatrix(ijk_to_ras)
+            slicer.util.updateVolumeFromArray(volume, frames[:1])
+        else:
+            sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} frames")
+            sequence.SetIndexName("frame")
+            sequence.SetIndexUnit("")
+            sequence.SetIndexType(sequence.NumericIndex)
+            for index in range(count):
+                frame_volume = slicer.vtkMRMLScalarVolumeNode()
+                frame_volume.SetName(f"{name} frame {index}")
+                frame_volume.SetIJKToRASMatrix(ijk_to_ras)
+                slicer.util.updateVolumeFromArray(frame_volume, frames[index : index + 1])
+                sequence.SetDataNodeAtValue(frame_volume, str(index))
+            browser = self.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+            # Slicer 5.8-5.10 name it "Master"; later versions may call it "Primary".
+            set_primary = getattr(browser, "SetAndObservePrimarySequenceNodeID", None)
+            (set_primary or browser.SetAndObserveMasterSequenceNodeID)(sequence.GetID())
+            browser.SetSelectedItemNumber(count // 2)
+            self._sequences_logic().UpdateProxyNodesFromSequences(browser)
+            volume = browser.GetProxyNode(sequence)
+            volume.SetName(name)
+        volume.CreateDefaultDisplayNodes()
+        volume.SetAttribute(CALIBRATED_ATTRIBUTE, "1" if spacing is not None else "0")
+        case = UltrasoundCase(
+            name=name,
+            volume=volume,
+            segmentation=self._segmentation_for(volume, name),
+            rows=rows,
+            cols=cols,
+            frames=count,
+            spacing_mm=spacing,
+            browser=browser,
+            sequence=sequence,
+        )
+        if image_id:
+            case.set_image_id(image_id)
+        return case
+
+    def select_frame(self, case: UltrasoundCase, frame: int) -> None:
+        """Show ``frame`` of a cine (the proxy volume takes its pixels)."""
+        if case.browser is None:
+            if frame != 0:
+                raise ValueError(f"{case.name} is a single image; frame {frame} does not exist")
+            return
+        if not 0 <= frame < case.frames:
+            raise ValueError(f"frame {frame} is out of range: {case.name} has {case.frames} frames")
+        case.browser.SetSelectedItemNumber(frame)
+        self._sequences_logic().UpdateProxyNodesFromSequences(case.browser)
+
+    def save_volume(self, case: UltrasoundCase, path: str) -> str:
+        """Write the case's image to ``path`` (NRRD) for upload: all frames of a cine as slices."""
+        import slicer
+
+        if case.sequence is None:
+            self._write_nrrd(case.volume, path)
+            return path
+        frames = [
+            slicer.util.arrayFromVolume(case.sequence.GetNthDataNode(i))[0] for i in range(case.frames)
+        ]
+        stack = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{case.name} upload")
+        try:
+            stack.CopyOrientation(case.volume)
+            slicer.util.updateVolumeFromArray(stack, np.stack(frames))
+            self._write_nrrd(stack, path)
+        finally:
+            self._remove(stack)
+        return path
+
+    # ---------------------------------------------------------------- segments
+
+    def apply_mask(self, case: UltrasoundCase, mask: np.ndarray, organ: str, frame: int | None = None) -> str:
+        """Put a server mask into the case's segment for ``organ``; returns the segment id.
+
+        ``mask`` is ``(rows, cols)`` of the frame, non-zero = lesion. The segment is created
+        (named and coloured for the organ) or its content replaced. The mask takes the case
+        volume's geometry, whatever geometry its file declared.
+        """
+        import slicer
+        import vtk
+
+        mask = np.asarray(mask)
+        if mask.shape != (case.rows, case.cols):
+            raise ValueError(
+                f"the mask's shape is {mask.shape} but the image frame is ({case.rows}, {case.cols}) (rows, cols)"
+            )
+        segmentation = case.segmentation.GetSegmentation()
+        segment_id = self.find_segment(case, organ)
+        if segment_id is None:
+            segment_id = segmentation.AddEmptySegment("", segment_name(organ), list(segment_colour(organ)))
+        segment = segmentation.GetSegment(segment_id)
+        segment.SetTag(ORGAN_TAG, organ)
+        if case.is_cine:
+            segment.SetTag(FRAME_TAG, str(case.current_frame() if frame is None else frame))
+
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{case.name} mask")
+        try:
+            labelmap.CopyOrientation(case.volume)
+            slicer.util.updateVolumeFromArray(labelmap, (mask != 0).astype(np.uint8)[np.newaxis])
+            segment_ids = vtk.vtkStringArray()
+            segment_ids.InsertNextValue(segment_id)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                labelmap, case.segmentation, segment_ids
+            ):
+                raise RuntimeError(f"Slicer could not import the mask into segment {segment_id}")
+        finally:
+            self._remove(labelmap)
+        return segment_id
+
+    def find_segment(self, case: UltrasoundCase, organ: str) -> str | None:
+        """Id of the case's segment tagged with ``organ``, or ``None``."""
+        import vtk
+
+        segmentation = case.segmentation.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(index)
+            value = vtk.mutable("")
+            if segmentation.GetSegment(segment_id).GetTag(ORGAN_TAG, value) and str(value) == organ:
+                return segment_id
+        return None
+
+    def segment_organ(self, case: UltrasoundCase, segment_id: str) -> str | None:
+        """The organ a segment was made for (its tag), or ``None`` for a user-made segment."""
+        return _segment_tag(case, segment_id, ORGAN_TAG)
+
+    def segment_frame(self, case: UltrasoundCase, segment_id: str) -> int | None:
+        """The frame a cine's segment was made on, ``None`` for a single image."""
+        if not case.is_cine:
+            return None
+        value = _segment_tag(case, segment_id, FRAME_TAG)
+        return int(value) if value is not None else case.current_frame()
+
+    def segment_mask(self, case: UltrasoundCase, segment_id: str) -> np.ndarray:
+        """The segment as a ``(rows, cols)`` uint8 mask (1 inside) on the case's frame grid."""
+        import slicer
+
+        labelmap = self._export_segment(case, segment_id)
+        try:
+            voxels = np.array(slicer.util.arrayFromVolume(labelmap))
+        finally:
+            self._remove(labelmap)
+        if voxels.shape != (1, case.rows, case.cols):
+            raise RuntimeError(f"exported segment has shape {voxels.shape}, expected (1, {case.rows}, {case.cols})")
+        return (voxels[0] != 0).astype(np.uint8)
+
+    def export_label(self, case: UltrasoundCase, segment_id: str, path: str) -> str:
+        """Write the segment as the label the server receives: a one-slice NRRD labelmap in the
+        frame's geometry (x fastest, value 1 inside), written by Slicer's NRRD writer.
+
+        Raises:
+            ValueError: the segment is empty (nothing to submit).
+        """
+        import slicer
+
+        labelmap = self._export_segment(case, segment_id)
+        try:
+            if not np.any(slicer.util.arrayFromVolume(labelmap)):
+                raise ValueError("the segment is empty: auto-segment or paint the lesion before submitting")
+            self._write_nrrd(labelmap, path)
+        finally:
+            self._remove(labelmap)
+        return path
+
+    # ---------------------------------------------------------------- measurements
+
+    def measure(self, case: UltrasoundCase, segment_id: str) -> LesionMeasurement | None:
+        """Measurements of the segment (mm when calibrated), ``None`` when it is empty."""
+        mask = self.segment_mask(case, segment_id)
+        if not mask.any():
+            return None
+        return measure_lesion(mask, case.spacing_mm)
+
+    def show_axes(self, case: UltrasoundCase, measurement: LesionMeasurement | None, organ: str | None = None) -> tuple:
+        """Draw (or move) the long and short axis lines; remove them for ``None``.
+
+        Returns ``(long_axis_node, short_axis_node)`` (``(None, None)`` when removed).
+        """
+        import vtk
+
+        if measurement is None:
+            self.remove_axes(case)
+            return None, None
+        ijk_to_ras = volume_ijk_to_ras(case.volume)
+        geometry = measurement.geometry
+        colour = segment_colour(organ) if organ else (1.0, 1.0, 0.0)
+        label = segment_name(organ) if organ else "Lesion"
+        nodes = []
+        for axis, endpoints in (("long", geometry.long_axis_endpoints), ("short", geometry.short_axis_endpoints)):
+            node = self._axis_node(case, axis)
+            if node is None:
+                node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"{label} {axis} axis")
+                node.SetAttribute(AXIS_ATTRIBUTE, axis)
+                node.SetAttribute(CASE_ATTRIBUTE, case.volume.GetID())
+                node.CreateDefaultDisplayNodes()
+            node.SetName(f"{label} {axis} axis")
+            node.RemoveAllControlPoints()
+            for point in pixel_points_to_ras(ijk_to_ras, endpoints):
+                node.AddControlPoint(vtk.vtkVector3d(*point))
+            node.SetLocked(True)  # computed from the segment; edit the segment instead
+            display = node.GetDisplayNode()
+            if display is not None:
+                display.SetSelectedColor(*colour)
+                display.SetColor(*colour)
+            nodes.append(node)
+        return nodes[0], nodes[1]
+
+    def remove_axes(self, case: UltrasoundCase) -> None:
+        for axis in ("long", "short"):
+            node = self._axis_node(case, axis)
+            if node is not None:
+                self.scene.RemoveNode(node)
+
+    def _axis_node(self, case: UltrasoundCase, axis: str) -> Any:
+        nodes = self.scene.GetNodesByClass("vtkMRMLMarkupsLineNode")
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if node.GetAttribute(AXIS_ATTRIBUTE) == axis and node.GetAttribute(CASE_ATTRIBUTE) == case.volume.GetID():
+                return node
+        return None
+
+    # ---------------------------------------------------------------- helpers
+
+    def _segmentation_for(self, volume: Any, name: str) -> Any:
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentation.CreateDefaultDisplayNodes()
+        return segmentation
+
+    def _export_segment(self, case: UltrasoundCase, segment_id: str) -> Any:
+        import slicer
+        import vtk
+
+        if case.segmentation.GetSegmentation().GetSegment(segment_id) is None:
+            raise ValueError(f"no segment {segment_id!r} in {case.segmentation.GetName()}")
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{case.name} label")
+        segment_ids = vtk.vtkStringArray()
+        segment_ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            case.segmentation, segment_ids, labelmap, case.volume
+        ):
+            self._remove(labelmap)
+            raise RuntimeError(f"Slicer could not export segment {segment_id!r}")
+        return labelmap
+
+    def _read_volume(self, path: str, colour: bool) -> Any:
+        import slicer
+
+        class_name = "vtkMRMLVectorVolumeNode" if colour else "vtkMRMLScalarVolumeNode"
+        volume = self.scene.AddNewNodeByClass(class_name, "SonoVLM read")
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(path)
+        storage.SetSingleFile(True)
+        self.scene.AddNode(storage)
+        try:
+            if not storage.ReadData(volume) or volume.GetImageData() is None:
+                self._remove(volume)
+                raise ValueError(f"{path}: Slicer could not read this file as an image")
+        finally:
+            self.scene.RemoveNode(storage)
+        return volume
+
+    def _write_nrrd(self, volume: Any, path: str) -> None:
+        import slicer
+
+        storage = slicer.vtkMRMLNRRDStorageNode()
+        storage.SetFileName(path)
+        storage.SetUseCompression(True)
+        self.scene.AddNode(storage)
+        try:
+            if not storage.WriteData(volume):
+                raise OSError(f"Slicer could not write {path}")
+        finally:
+            self.scene.RemoveNode(storage)
+
+    def _remove(self, node: Any) -> None:
+        """Remove a node and the display, storage and colour nodes made for it."""
+        for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+            display = node.GetNthDisplayNode(index)
+            if display is not None:
+                self.scene.RemoveNode(display)
+        storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+        if storage is not None:
+            self.scene.RemoveNode(storage)
+        self.scene.RemoveNode(node)
+
+    def _sequences_logic(self) -> Any:
+        """Slicer's sequences logic: the application's module logic, else one for this scene."""
+        import slicer
+
+        modules = getattr(slicer, "modules", None)
+        if modules is not None and hasattr(modules, "sequences") and self.scene is getattr(slicer, "mrmlScene", None):
+            return modules.sequences.logic()
+        if not hasattr(self, "_own_sequences_logic"):
+            self._own_sequences_logic = slicer.vtkSlicerSequencesLogic()
+            self._own_sequences_logic.SetMRMLScene(self.scene)
+        return self._own_sequences_logic
+
+
+def read_mask(path: str) -> np.ndarray:
+    """Read a server mask (one-slice NRRD/NIfTI, or PNG) as ``(rows, cols)`` with the stored values.
+
+    The voxel order is kept as stored (x fastest, as the server writes for Slicer); the file's
+    own geometry is not used: :meth:`UltrasoundSceneLogic.apply_mask` puts the mask on the
+    image's grid.
+    """
+    import slicer
+
+    if path.lower().endswith(".png"):
+        import vtk
+        from vtk.util import numpy_support
+
+        reader = vtk.vtkPNGReader()
+        reader.SetFileName(path)
+        reader.Update()
+        image = reader.GetOutput()
+        if image is None or image.GetPointData().GetScalars() is None:
+            raise ValueError(f"{path}: not a readable PNG")
+        cols, rows, _ = image.GetDimensions()
+        components = image.GetNumberOfScalarComponents()
+        if components != 1:
+            raise ValueError(f"{path}: a mask PNG must be grey, this one has {components} channels")
+        pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(rows, cols)
+        # VTK's PNG reader stores the image bottom-up (lower-left origin): flip back to rows top-down.
+        return pixels[::-1].copy()
+
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(path)
+    storage.SetSingleFile(True)
+    scene.AddNode(storage)
+    if not storage.ReadData(volume) or volume.GetImageData() is None:
+        raise ValueError(f"{path}: Slicer could not read this mask")
+    voxels = np.array(slicer.util.arrayFromVolume(volume))
+    if voxels.ndim != 3 or voxels.shape[0] != 1:
+        raise ValueError(f"{path}: a mask must be one slice, got voxel array shape {voxels.shape}")
+    return voxels[0]
+
+
+def _segment_tag(case: UltrasoundCase, segment_id: str, tag: str) -> str | None:
+    import vtk
+
+    segment = case.segmentation.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise ValueError(f"no segment {segment_id!r} in {case.segmentation.GetName()}")
+    value = vtk.mutable("")
+    return str(value) if segment.GetTag(tag, value) else None
+
+
+def _volume_array(volume: Any) -> np.ndarray:
+    """A copy of a volume's voxels: ``(slices, rows, cols)`` or ``(slices, rows, cols, channels)``."""
+    import slicer
+
+    return np.array(slicer.util.arrayFromVolume(volume))
+
+
+def _grey_frames(voxels: np.ndarray, colour: bool) -> np.ndarray:
+    """``(frames, rows, cols)`` grey pixels from scalar or colour voxels (luma, BT.601)."""
+    if not colour:
+        return voxels if voxels.ndim == 3 else voxels[..., 0]
+    channels = voxels.shape[-1]
+    if channels == 1:
+        return voxels[..., 0]
+    luma = voxels[..., :3].astype(np.float32) @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+    if np.issubdtype(voxels.dtype, np.integer):
+        info = np.iinfo(voxels.dtype)
+        return np.clip(np.rint(luma), info.min, info.max).astype(voxels.dtype)
+    return luma
+
+
+def _calibrated_spacing(volume: Any) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` of a volume read from a file with physical spacing; ``None`` for the
+    1 x 1 that Slicer gives images without one (PNG, JPEG, and ultrasound DICOM)."""
+    col_mm, row_mm, _ = volume.GetSpacing()
+    if abs(col_mm - 1.0) < 1e-9 and abs(row_mm - 1.0) < 1e-9:
+        return None
+    return float(row_mm), float(col_mm)
+
+
+def _file_components(path: str) -> int:
+    """Colour channels of a non-DICOM image file, from its header (1 when VTK cannot tell)."""
+    import vtk
+
+    reader = vtk.vtkImageReader2Factory.CreateImageReader2(path)
+    if reader is None:
+        return 1
+    reader.SetFileName(path)
+    reader.UpdateInformation()
+    components = reader.GetNumberOfScalarComponents()
+    return int(components) if components else 1
