@@ -34,6 +34,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
     generate_uid,
 )
@@ -169,12 +170,12 @@ def encode_jpeg2000(frame: np.ndarray, lossless: bool = True, mct: bool = False)
     return buffer.getvalue()
 
 
-def encode_jpegls(frame: np.ndarray) -> bytes:
-    """A lossless JPEG-LS stream of one frame with pillow-jpls."""
+def encode_jpegls(frame: np.ndarray, near_lossless: int = 0) -> bytes:
+    """A JPEG-LS stream of one frame with pillow-jpls (lossless when ``near_lossless`` is 0)."""
     import pillow_jpls  # noqa: F401  registers the JPEG-LS plugin with Pillow
 
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG-LS")
+    Image.fromarray(frame).save(buffer, format="JPEG-LS", near_lossless=near_lossless)
     return buffer.getvalue()
 
 
@@ -183,6 +184,7 @@ ENCODERS = {
     JPEG2000Lossless: "j2k-lossless",
     JPEG2000: "j2k",
     JPEGLSLossless: "jpegls",
+    JPEGLSNearLossless: "jpegls-near",
 }
 
 
@@ -276,15 +278,15 @@ def us_dataset(
         kind = ENCODERS[transfer_syntax]
         if kind == "jpeg":
             encoded = [encode_jpeg_baseline(f, photometric) for f in frames]
-        elif kind == "jpegls":
-            encoded = [encode_jpegls(f) for f in frames]
+        elif kind.startswith("jpegls"):
+            encoded = [encode_jpegls(f, near_lossless=2 if kind == "jpegls-near" else 0) for f in frames]
         else:
             mct = photometric in ("YBR_RCT", "YBR_ICT")
             encoded = [encode_jpeg2000(f, lossless=kind == "j2k-lossless", mct=mct) for f in frames]
         ds.PixelData = encapsulate(encoded)
         ds["PixelData"].is_undefined_length = True
         ds["PixelData"].VR = "OB"
-        if transfer_syntax == JPEGBaseline8Bit or transfer_syntax == JPEG2000:
+        if transfer_syntax in (JPEGBaseline8Bit, JPEG2000, JPEGLSNearLossless):
             ds.LossyImageCompression = "01"
     return ds
 

@@ -67,7 +67,9 @@ def test_calibrated_dicom_loads_as_one_slice_volume_with_region_spacing(slicer_s
     assert np.array_equal(voxels[0], pixels[0])  # same orientation: no transpose, no flip
     assert case.volume.GetAttribute("SonoVLM.imageId") == "us"
     assert case.volume.GetAttribute("SonoVLM.calibrated") == "1"
-    assert case.segmentation.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    assert case.segmentation.GetNodeReference(
+        slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    )
 
 
 def test_colour_dicom_becomes_bt601_luma(slicer_scene, tmp_path):
@@ -145,7 +147,9 @@ def test_server_nrrd_mask_becomes_organ_segment_and_label_round_trips(slicer_sce
     assert measurement.physical.orientation_deg == pytest.approx(reference.physical.orientation_deg)
 
     long_line, short_line = logic.show_axes(case, measurement, "lymph_node")
-    expected_long = pixel_points_to_ras(volume_ijk_to_ras(case.volume), reference.physical.long_axis_endpoints)
+    expected_long = pixel_points_to_ras(
+        volume_ijk_to_ras(case.volume), reference.physical.long_axis_endpoints
+    )
     got_long = slicer.util.arrayFromMarkupsControlPoints(long_line)
     assert np.allclose(got_long, expected_long)
     # Pixel (x, y) lies at RAS (-x * col_mm, -y * row_mm, 0): check one end by hand.

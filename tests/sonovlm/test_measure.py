@@ -64,7 +64,7 @@ def test_20_by_10_mm_ellipse_within_3_percent(spacing_mm, angle_deg):
     assert result["short_axis_mm"] == pytest.approx(10.0, rel=0.03)
     assert result["area_mm2"] == pytest.approx(math.pi * 10 * 5, rel=0.03)
     assert result["axis_ratio"] == pytest.approx(2.0, rel=0.05)
-    assert angle_difference(result["orientation_deg"], angle_deg) < 3.0
+    assert angle_difference(result["orientation_deg"], angle_deg) < 2.5
     assert 0.0 <= result["orientation_deg"] < 180.0
     # AP (row direction) extent of a rotated ellipse vs its transverse extent.
     t = math.radians(angle_deg)
@@ -140,7 +140,7 @@ def test_axis_endpoints_match_the_axes():
     assert np.linalg.norm(b - a) == pytest.approx(geometry.long_axis)
     assert np.linalg.norm(d - c) == pytest.approx(geometry.short_axis)
     cosine = abs(np.dot(b - a, d - c)) / (np.linalg.norm(b - a) * np.linalg.norm(d - c))
-    assert cosine < 1e-9  # perpendicular in millimetres
+    assert cosine < 1e-6  # perpendicular in millimetres (endpoints are rounded to 1e-6 px)
     # Every endpoint lies on the lesion's outline: within a pixel of a lesion pixel centre.
     ys, xs = np.nonzero(mask)
     for point in (*geometry.long_axis_endpoints, *geometry.short_axis_endpoints):

@@ -174,7 +174,7 @@ class LoadCased(Transform):
         unit = unit_intensity(image.grey(frame), image.frames.dtype)
         out: dict = {
             "image": to_model_space(unit, geometry, pad_value=self.config.pad_value)[None],
-            "scan_mask": geometry.region_in_model_space().to(torch.float32)[None],
+            "scan_mask": geometry.region_in_model_space().to(torch.uint8)[None],
             "label": torch.tensor(-1 if case.label is None else case.label, dtype=torch.long),
             "organ_id": torch.tensor(ORGANS.index(case.organ) if case.organ in ORGANS else -1),
             "name": case.name,
@@ -184,7 +184,7 @@ class LoadCased(Transform):
             out["caption"] = case.caption
         if case.mask is not None:
             frame_mask = load_mask(case.mask, shape=(image.height, image.width))
-            out["mask"] = mask_to_model_space(frame_mask, geometry)
+            out["mask"] = mask_to_model_space(frame_mask, geometry).to(torch.uint8)  # 0/1, 4x less cache
             if self.keep_frame:
                 out["frame_mask"] = (np.asarray(frame_mask) != 0).astype(np.uint8)
         if self.keep_frame:

@@ -47,11 +47,15 @@ ImageGeometry = Callable[[str], tuple[int, int, int, tuple[float, float] | None]
 
 
 def image_patterns() -> list[str]:
-    """File patterns listed as images: ``MONAI_LABEL_DATASTORE_FILE_EXT`` when set, else ours."""
-    if os.environ.get("MONAI_LABEL_DATASTORE_FILE_EXT"):
-        from monailabel.config import settings
+    """File patterns listed as images: ``MONAI_LABEL_DATASTORE_FILE_EXT`` when set to something
+    other than MONAI Label's default (``start_server`` exports the default to the environment
+    whether or not it was set), else ours (ultrasound formats, DICOM first)."""
+    from monailabel.config import Settings, settings
 
-        return list(settings.MONAI_LABEL_DATASTORE_FILE_EXT)
+    configured = list(settings.MONAI_LABEL_DATASTORE_FILE_EXT)
+    monai_default = list(Settings.model_fields["MONAI_LABEL_DATASTORE_FILE_EXT"].default)
+    if os.environ.get("MONAI_LABEL_DATASTORE_FILE_EXT") and configured != monai_default:
+        return configured
     return list(DEFAULT_IMAGE_PATTERNS)
 
 

@@ -48,6 +48,48 @@ def load_predictor(path: str | os.PathLike, config: AppConfig, device: str) -> A
     return Predictor(model, device)
 
 
+def load_training_model(config: AppConfig, store: Any, device: Any) -> tuple[Any, dict[str, Any]]:
+    """The model a training run starts from: the served one. Returns ``(SonoVLM, base)`` where
+    ``base`` says what it is (``version``, ``source``, ``published_version``)."""
+    from ..model import load_model
+
+    current = store.current()
+    if current is not None:
+        model = load_model(
+            backbone=config.backbone, adapter=config.adapter, weights=current.path, device=device
+        )
+        base = {"source": "published", "published_version": current.version}
+    elif config.weights:
+        model = load_model(
+            backbone=config.backbone, adapter=config.adapter, weights=config.weights, device=device
+        )
+        base = {"source": f"weights {config.weights}", "published_version": None}
+    else:
+        model = load_model(backbone=config.backbone, adapter=config.adapter or DEFAULT_ADAPTER, device=device)
+        base = {"source": "backbone", "published_version": None}
+    base["version"] = model.version
+    return model, base
+
+
+def checkpoint_state(path: str | os.PathLike, model: Any) -> dict[str, Any] | None:
+    """The trainable state in checkpoint ``path`` if it fits ``model`` exactly, else ``None``."""
+    from safetensors.torch import load_file
+
+    from ..model import read_checkpoint_metadata
+
+    try:
+        if not _fits_in_place(model, read_checkpoint_metadata(path)):
+            return None
+        state = load_file(str(path))
+    except (SonoInputError, OSError, ValueError) as exc:
+        logger.warning("Cannot read served checkpoint %s: %s", path, exc)
+        return None
+    expected = model.trainable_state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+        return None
+    return state
+
+
 @dataclass
 class PreparedModel:
     """A checked checkpoint, ready to serve: call :meth:`activate` while holding the serving lock."""

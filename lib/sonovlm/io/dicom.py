@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+import zlib
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def read_dataset(path: str | os.PathLike, force: bool = False):
             dataset = pydicom.dcmread(os.fspath(path), force=force)
         except InvalidDicomError as exc:
             raise SonoInputError(path, f"not a DICOM file: {exc}") from exc
-        except (EOFError, struct.error, ValueError, KeyError, TypeError, OverflowError) as exc:
+        except (EOFError, struct.error, zlib.error, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise SonoInputError(path, f"DICOM file is truncated or corrupt: {exc}") from exc
     ended_early = any("End of file reached" in str(w.message) for w in caught)
     if ended_early and "PixelData" not in dataset:
@@ -70,7 +71,9 @@ def read_dicom(path: str | os.PathLike, force: bool = False) -> UltrasoundImage:
     source = os.fspath(path)
     dataset = read_dataset(path, force=force)
     if "PixelData" not in dataset:
-        raise SonoInputError(source, "DICOM file has no pixel data (not an image)")
+        raise SonoInputError(
+            source, "DICOM file has no pixel data (not an image, or cut off before its pixel data)"
+        )
     missing = [k for k in _REQUIRED if k not in dataset]
     if missing:
         raise SonoInputError(source, f"DICOM image is missing {', '.join(missing)}")

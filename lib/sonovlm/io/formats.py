@@ -66,6 +66,8 @@ def sniff(path: str | os.PathLike) -> str:
         return RASTER
     if _looks_like_raw_dicom(head):
         return DICOM_RAW
+    if _pillow_identifies(file):
+        return RASTER  # an image format SonoVLM does not take; the raster reader names it
     raise SonoInputError(path, f"not an image: unrecognised file format (expected {EXPECTED})")
 
 
@@ -82,3 +84,13 @@ def _looks_like_raw_dicom(head: bytes) -> bool:
     group = int.from_bytes(head[0:2], "little")
     element = int.from_bytes(head[2:4], "little")
     return group in (0x0002, 0x0008) and element < 0x0100
+
+
+def _pillow_identifies(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False

@@ -62,7 +62,9 @@ class UltrasoundImage:
         photometric: DICOM PhotometricInterpretation as stored, or ``None``.
         channels: channel count after colour conversion (1 or 3).
         frame_time_ms: DICOM FrameTime, when present.
-        regions: ultrasound regions, clipped to the image (see :class:`UltrasoundRegion`).
+        regions: ultrasound regions, clipped to the image (see :class:`UltrasoundRegion`). A
+            NIfTI/NRRD file whose header gives a pixel spacing other than Slicer's default 1 x 1
+            has one region over the whole image with that spacing (see :mod:`.volume`).
         luma: ``(frames, rows, cols)``, the Y plane as stored when the file held YBR data (so that
             :meth:`grey` returns the stored Y, not a round trip through RGB); ``None`` otherwise.
     """

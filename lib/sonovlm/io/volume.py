@@ -8,6 +8,9 @@ applied (an image and its mask share the grid, whatever the patient orientation 
 A 2D image stored as a volume (Slicer's one-slice volume, sizes ``cols rows 1``) has one frame; a
 plain 2D file too; more slices (or a Slicer sequence's ``list`` axis) are frames.
 
+A Slicer segmentation (``.seg.nrrd``, fields ``Segment*``) whose segments overlap is stored in
+layers on a ``list`` axis; the layers are merged by maximum (each holds its segments' label values).
+
 Spacing: the lengths of the i and j direction vectors (NRRD ``space directions`` or
 ``spacings``; NIfTI ``pixdim``), in mm. A header of exactly 1 x 1 is what Slicer and ITK write
 for an image that was never calibrated (a PNG loaded into Slicer), so it is read as
@@ -81,10 +84,16 @@ def read_nrrd(path: str | os.PathLike) -> Volume:
         data, header = nrrd.read(os.fspath(path), index_order="F")
     except (nrrd.NRRDError, ValueError, OSError, EOFError, KeyError, zlib.error) as exc:
         raise SonoInputError(path, f"cannot read the NRRD file: {exc}") from exc
+    kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
+    if len(kinds) != data.ndim:
+        raise SonoInputError(path, f"NRRD header has {len(kinds)} kinds for {data.ndim} axes")
+    file_axes = list(range(data.ndim))  # axis of the array -> axis of the file header
+    if "list" in kinds and any(str(key).startswith("Segment") for key in header):
+        # A Slicer .seg.nrrd with overlapping segments keeps them in layers on a 'list' axis.
+        layers = kinds.index("list")
+        data = data.max(axis=layers)
+        del kinds[layers], file_axes[layers]
     sizes = list(data.shape)
-    kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * len(sizes))]
-    if len(kinds) != len(sizes):
-        raise SonoInputError(path, f"NRRD header has {len(kinds)} kinds for {len(sizes)} axes")
 
     components = [a for a, k in enumerate(kinds) if k in _COMPONENT_KINDS]
     frame_axes = [a for a, k in enumerate(kinds) if k in _FRAME_KINDS]
@@ -100,7 +109,7 @@ def read_nrrd(path: str | os.PathLike) -> Volume:
     array = array.reshape((-1, sizes[row_axis], sizes[col_axis]) + array.shape[len(slice_axes) + 2 :])
     return Volume(
         np.ascontiguousarray(_components_last(array, path)),
-        _nrrd_spacing(header, col_axis, row_axis, path),
+        _nrrd_spacing(header, file_axes[col_axis], file_axes[row_axis], path),
         _extent_offset(header),
     )
 

@@ -177,9 +177,9 @@ class Predictor:
             organ_ids = torch.tensor([index], device=self.device)
             with torch.inference_mode():
                 logits = self.model.classify_logits(features.vision, organ_ids)
-                probabilities = self.model.cls_head.probabilities(logits.float())[0].cpu().tolist()
+                benign = float(self.model.cls_head.probabilities(logits.float())[0, 0])
         return ClassificationResult(
-            probabilities={name: float(p) for name, p in zip(PATHOLOGIES, probabilities, strict=True)},
+            probabilities=dict(zip(PATHOLOGIES, (benign, 1.0 - benign), strict=True)),
             prompts=self.model.prompt_bank.class_prompts(organ),
             organ=organ,
             frame=features.frame,

@@ -45,8 +45,8 @@ ORGANS: tuple[str, ...] = tuple(ORGAN_LABELS)
 #: Free-text prompt embeddings kept per model.
 PROMPT_CACHE_SIZE = 64
 
-#: Seed of the heads' initial weights: the same config builds the same untrained model.
-HEAD_SEED = 0
+#: Seed of the adapter's and heads' initial weights.
+INIT_SEED = 0
 
 
 @dataclass
@@ -140,7 +140,6 @@ class SonoVLM(nn.Module):
         self.backbone_info: dict[str, Any] = dict(backbone.info)
         self.clip = backbone.clip
         self.clip.requires_grad_(False)
-        attach_adapter(self.clip, config.adapter)
         self.adapter_merged = False
 
         default_preprocess = PreprocessConfig(
@@ -155,8 +154,10 @@ class SonoVLM(nn.Module):
             )
 
         self.levels = config.heads.resolved_levels(backbone.vision_layers)
+        # Seeded: the same config builds the same untrained model (peft draws LoRA's A at random).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(HEAD_SEED)
+            torch.manual_seed(INIT_SEED)
+            attach_adapter(self.clip, config.adapter)
             self.seg_head = SegmentationHead(
                 vision_width=backbone.vision_width,
                 text_dim=backbone.embed_dim,
@@ -214,10 +215,16 @@ class SonoVLM(nn.Module):
     def encode_prompt_bank(self) -> None:
         """Fill ``organ_text`` (target descriptions) and ``class_text`` (mean class prompt per organ)."""
         bank = self.prompt_bank
+        texts: list[str] = []
+        for organ in ORGANS:
+            texts.append(bank.target(organ))
+            for prompts in bank.class_prompts(organ).values():
+                texts.extend(prompts)
+        embeddings = iter(self.encode_texts(texts))  # one batch: the text tower runs once
         for index, organ in enumerate(ORGANS):
-            self.organ_text[index] = self.encode_texts([bank.target(organ)])[0]
+            self.organ_text[index] = next(embeddings)
             for class_index, prompts in enumerate(bank.class_prompts(organ).values()):
-                mean = self.encode_texts(prompts).mean(dim=0)
+                mean = torch.stack([next(embeddings) for _ in prompts]).mean(dim=0)
                 self.class_text[index, class_index] = F.normalize(mean, dim=-1)
         self._prompt_cache.clear()
 

@@ -10,6 +10,8 @@
 Slicer (tests use the ``slicer-core`` package for the MRML parts).
 """
 
+from __future__ import annotations
+
 from .client import SonoVLMClient, SonoVLMClientError
 
 __all__ = ["SonoVLMClient", "SonoVLMClientError"]

@@ -80,7 +80,13 @@ def ultrasound_spacing_mm(dataset, rows: int, cols: int) -> tuple[float, float] 
     regions = []  # (clipped area, is tissue, spacing or None), in file order
     for item in dataset.get("SequenceOfUltrasoundRegions", None) or []:
         corners = [
-            item.get(k) for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+            item.get(k)
+            for k in (
+                "RegionLocationMinX0",
+                "RegionLocationMinY0",
+                "RegionLocationMaxX1",
+                "RegionLocationMaxY1",
+            )
         ]
         if any(c is None for c in corners):
             continue
@@ -100,7 +106,10 @@ def ultrasound_spacing_mm(dataset, rows: int, cols: int) -> tuple[float, float] 
 
 
 def _region_spacing_mm(item) -> tuple[float, float] | None:
-    if item.get("PhysicalUnitsXDirection") != CENTIMETRES or item.get("PhysicalUnitsYDirection") != CENTIMETRES:
+    if (
+        item.get("PhysicalUnitsXDirection") != CENTIMETRES
+        or item.get("PhysicalUnitsYDirection") != CENTIMETRES
+    ):
         return None
     delta_x, delta_y = item.get("PhysicalDeltaX"), item.get("PhysicalDeltaY")
     if delta_x is None or delta_y is None:

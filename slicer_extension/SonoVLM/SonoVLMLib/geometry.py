@@ -10,7 +10,7 @@ builds and images Slicer loads line up.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +21,9 @@ def ultrasound_ijk_to_ras(spacing_mm: Sequence[float] | None) -> np.ndarray:
     return np.diag([-col_mm, -row_mm, 1.0, 1.0])
 
 
-def pixel_points_to_ras(ijk_to_ras: np.ndarray, points_xy: Sequence[Sequence[float]], k: float = 0.0) -> np.ndarray:
+def pixel_points_to_ras(
+    ijk_to_ras: np.ndarray, points_xy: Sequence[Sequence[float]], k: float = 0.0
+) -> np.ndarray:
     """RAS positions ``(n, 3)`` of ``(x, y)`` pixel points (x = column, y = row) on slice ``k``."""
     points = np.asarray(points_xy, dtype=float).reshape(-1, 2)
     ijk1 = np.column_stack([points, np.full(len(points), float(k)), np.ones(len(points))])

@@ -21,8 +21,8 @@ Uncalibrated images (``spacing_mm`` ``None``) get pixel values only.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

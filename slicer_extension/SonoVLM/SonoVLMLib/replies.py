@@ -139,7 +139,10 @@ def _prompt_lines(prompts: Any) -> list:
                 lines.append((str(label), str(text)))
         return lines
     if isinstance(prompts, (list, tuple)):
-        return [("", str(p)) if not isinstance(p, dict) else (str(p.get("label", "")), str(p.get("text", p))) for p in prompts]
+        return [
+            ("", str(p)) if not isinstance(p, dict) else (str(p.get("label", "")), str(p.get("text", p)))
+            for p in prompts
+        ]
     return [("", str(prompts))]
 
 

@@ -20,8 +20,9 @@ Layout of a case in the scene:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ IMAGE_ID_ATTRIBUTE = "SonoVLM.imageId"
 CALIBRATED_ATTRIBUTE = "SonoVLM.calibrated"
 AXIS_ATTRIBUTE = "SonoVLM.axis"
 CASE_ATTRIBUTE = "SonoVLM.case"
+OWNED_ATTRIBUTE = "SonoVLM.owned"  # made by the extension (removed with its case)
 
 #: ITU-R BT.601 luma weights (R, G, B), as sonovlm.io uses for colour B-mode.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -193,6 +195,7 @@ class UltrasoundSceneLogic:
             volume.SetName(name)
         volume.CreateDefaultDisplayNodes()
         volume.SetAttribute(CALIBRATED_ATTRIBUTE, "1" if spacing is not None else "0")
+        volume.SetAttribute(OWNED_ATTRIBUTE, "1")
         case = UltrasoundCase(
             name=name,
             volume=volume,
@@ -219,6 +222,19 @@ class UltrasoundSceneLogic:
         case.browser.SetSelectedItemNumber(frame)
         self._sequences_logic().UpdateProxyNodesFromSequences(case.browser)
 
+    def remove_case(self, case: UltrasoundCase) -> None:
+        """Remove a case's nodes (image, frames, browser, segmentation, axis lines) from the scene.
+
+        A volume the user loaded (a case made by :meth:`case_from_volume` around it) is kept.
+        """
+        self.remove_axes(case)
+        self._remove(case.segmentation)
+        if case.browser is not None:
+            self.scene.RemoveNode(case.browser)
+            self._remove(case.sequence)
+        if case.volume.GetAttribute(OWNED_ATTRIBUTE) == "1":
+            self._remove(case.volume)
+
     def save_volume(self, case: UltrasoundCase, path: str) -> str:
         """Write the case's image to ``path`` (NRRD) for upload: all frames of a cine as slices."""
         import slicer
@@ -226,9 +242,7 @@ class UltrasoundSceneLogic:
         if case.sequence is None:
             self._write_nrrd(case.volume, path)
             return path
-        frames = [
-            slicer.util.arrayFromVolume(case.sequence.GetNthDataNode(i))[0] for i in range(case.frames)
-        ]
+        frames = [slicer.util.arrayFromVolume(case.sequence.GetNthDataNode(i))[0] for i in range(case.frames)]
         stack = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{case.name} upload")
         try:
             stack.CopyOrientation(case.volume)
@@ -253,7 +267,7 @@ class UltrasoundSceneLogic:
         mask = np.asarray(mask)
         if mask.shape != (case.rows, case.cols):
             raise ValueError(
-                f"the mask's shape is {mask.shape} but the image frame is ({case.rows}, {case.cols}) (rows, cols)"
+                f"the mask's shape is {mask.shape} but the frame's (rows, cols) is ({case.rows}, {case.cols})"
             )
         segmentation = case.segmentation.GetSegmentation()
         segment_id = self.find_segment(case, organ)
@@ -311,7 +325,9 @@ class UltrasoundSceneLogic:
         finally:
             self._remove(labelmap)
         if voxels.shape != (1, case.rows, case.cols):
-            raise RuntimeError(f"exported segment has shape {voxels.shape}, expected (1, {case.rows}, {case.cols})")
+            raise RuntimeError(
+                f"exported segment has shape {voxels.shape}, expected (1, {case.rows}, {case.cols})"
+            )
         return (voxels[0] != 0).astype(np.uint8)
 
     def export_label(self, case: UltrasoundCase, segment_id: str, path: str) -> str:
@@ -341,7 +357,9 @@ class UltrasoundSceneLogic:
             return None
         return measure_lesion(mask, case.spacing_mm)
 
-    def show_axes(self, case: UltrasoundCase, measurement: LesionMeasurement | None, organ: str | None = None) -> tuple:
+    def show_axes(
+        self, case: UltrasoundCase, measurement: LesionMeasurement | None, organ: str | None = None
+    ) -> tuple:
         """Draw (or move) the long and short axis lines; remove them for ``None``.
 
         Returns ``(long_axis_node, short_axis_node)`` (``(None, None)`` when removed).
@@ -356,7 +374,10 @@ class UltrasoundSceneLogic:
         colour = segment_colour(organ) if organ else (1.0, 1.0, 0.0)
         label = segment_name(organ) if organ else "Lesion"
         nodes = []
-        for axis, endpoints in (("long", geometry.long_axis_endpoints), ("short", geometry.short_axis_endpoints)):
+        for axis, endpoints in (
+            ("long", geometry.long_axis_endpoints),
+            ("short", geometry.short_axis_endpoints),
+        ):
             node = self._axis_node(case, axis)
             if node is None:
                 node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"{label} {axis} axis")
@@ -385,7 +406,10 @@ class UltrasoundSceneLogic:
         nodes = self.scene.GetNodesByClass("vtkMRMLMarkupsLineNode")
         for index in range(nodes.GetNumberOfItems()):
             node = nodes.GetItemAsObject(index)
-            if node.GetAttribute(AXIS_ATTRIBUTE) == axis and node.GetAttribute(CASE_ATTRIBUTE) == case.volume.GetID():
+            if (
+                node.GetAttribute(AXIS_ATTRIBUTE) == axis
+                and node.GetAttribute(CASE_ATTRIBUTE) == case.volume.GetID()
+            ):
                 return node
         return None
 
@@ -459,7 +483,11 @@ class UltrasoundSceneLogic:
         import slicer
 
         modules = getattr(slicer, "modules", None)
-        if modules is not None and hasattr(modules, "sequences") and self.scene is getattr(slicer, "mrmlScene", None):
+        if (
+            modules is not None
+            and hasattr(modules, "sequences")
+            and self.scene is getattr(slicer, "mrmlScene", None)
+        ):
             return modules.sequences.logic()
         if not hasattr(self, "_own_sequences_logic"):
             self._own_sequences_logic = slicer.vtkSlicerSequencesLogic()

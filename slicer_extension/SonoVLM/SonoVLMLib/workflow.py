@@ -99,12 +99,17 @@ class AnnotationSession:
 
     # ---------------------------------------------------------------- inference
 
-    def auto_segment(self, case: UltrasoundCase, organ: str, prompt: str | None = None) -> SegmentationOutcome:
+    def auto_segment(
+        self, case: UltrasoundCase, organ: str, prompt: str | None = None
+    ) -> SegmentationOutcome:
         """Segment the case's current frame; the mask becomes the organ's segment, measured and
         drawn as two lines."""
         image_id = self._image_id(case)
         mask_path, result = self.client.segment(
-            image_id=image_id, organ=organ, prompt=prompt, frame=case.current_frame() if case.is_cine else None
+            image_id=image_id,
+            organ=organ,
+            prompt=prompt,
+            frame=case.current_frame() if case.is_cine else None,
         )
         if mask_path is None:
             raise ValueError(f"the server sent no mask for {image_id} (reply: {result!r})")
@@ -114,7 +119,9 @@ class AnnotationSession:
             os.remove(mask_path)
         segmented_organ = str(result.get("organ") or organ)
         if segmented_organ not in ORGAN_LABELS:
-            raise ValueError(f"the server segmented an organ the extension does not know: {segmented_organ!r}")
+            raise ValueError(
+                f"the server segmented an organ the extension does not know: {segmented_organ!r}"
+            )
         frame = result.get("frame") if case.is_cine else None
         segment_id = self.scene_logic.apply_mask(
             case, mask, segmented_organ, frame=int(frame) if frame is not None else None
@@ -142,7 +149,9 @@ class AnnotationSession:
         (``None``/``"unknown"`` sends none); a cine's label is the frame it was made on."""
         organ = self.scene_logic.segment_organ(case, segment_id)
         if organ is None:
-            raise ValueError("this segment was not made for an organ: auto-segment first, or pick the organ's segment")
+            raise ValueError(
+                "this segment was not made for an organ: auto-segment first, or pick the organ's segment"
+            )
         label_dir = os.path.join(self.work_dir, "labels")
         os.makedirs(label_dir, exist_ok=True)
         label_path = self.scene_logic.export_label(

@@ -13,6 +13,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
 )
 from sonovlm.io import load_image
@@ -162,6 +163,15 @@ def test_jpeg_baseline_grey(tmp_path, grey):
     assert np.abs(image.frames[0].astype(int) - grey).mean() < 6
 
 
+@pytest.mark.parametrize("pixels", ["grey", "rgb"])
+def test_jpegls_near_lossless_stays_within_its_bound(tmp_path, grey, rgb, pixels):
+    source = grey if pixels == "grey" else rgb
+    photometric = "MONOCHROME2" if pixels == "grey" else "RGB"
+    image = load_image(_write(tmp_path, source, photometric=photometric, transfer_syntax=JPEGLSNearLossless))
+    error = np.abs(image.frames[0].astype(int) - source)
+    assert error.max() <= 2 and error.any()  # NEAR=2: every sample within 2
+
+
 def test_jpeg2000_lossy_ict(tmp_path, rgb):
     image = load_image(_write(tmp_path, rgb, photometric="YBR_ICT", transfer_syntax=JPEG2000))
     assert image.channels == 3
@@ -256,3 +266,15 @@ def test_real_palette_sample(test_data):
     ds = pydicom.dcmread(path)
     expected = np.rint(apply_color_lut(ds.pixel_array, ds) * (255.0 / 65535)).astype(np.uint8)
     np.testing.assert_array_equal(image.frames[0], expected)
+
+
+@pytest.mark.parametrize("has_bot", [True, False])
+def test_frames_split_over_several_fragments(tmp_path, has_bot):
+    from pydicom.encaps import encapsulate
+
+    from tests.dicom_factory import encode_jpegls
+
+    frames = np.stack([bmode_frame(40, 48, seed=s, text=False) for s in range(3)])
+    ds = us_dataset(frames, transfer_syntax=JPEGLSLossless)
+    ds.PixelData = encapsulate([encode_jpegls(f) for f in frames], fragments_per_frame=3, has_bot=has_bot)
+    np.testing.assert_array_equal(load_image(write_dataset(ds, tmp_path / "frag.dcm")).frames, frames)

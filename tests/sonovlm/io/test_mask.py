@@ -7,10 +7,10 @@ import nrrd
 import numpy as np
 import pytest
 from PIL import Image
-
 from sonovlm.errors import SonoInputError
 from sonovlm.io import load_mask, save_mask
 from sonovlm.io.mask import to_uint8_labels
+
 from tests.sonovlm.io.slicer_files import slicer_nifti, slicer_nrrd
 
 ROWS, COLS = 24, 36
@@ -73,11 +73,17 @@ def test_seg_nrrd_cropped_to_extent_is_placed_back(tmp_path, labels):
 
 
 def test_seg_nrrd_layers_merge(tmp_path, labels):
-    layers = np.stack([(labels == 1).astype(np.uint8), (labels == 3).astype(np.uint8) * 2], axis=-1)
-    path = slicer_nrrd(tmp_path / "layers.seg.nrrd", layers, components="list")
-    # 'list' in Slicer's .seg.nrrd is the layer axis; it is the fastest axis here.
-    with pytest.raises(SonoInputError):
-        # a list axis is read as frames: two frames are not a 2D mask
+    layers = np.stack([(labels == 1).astype(np.uint8), (labels == 3).astype(np.uint8) * 3], axis=-1)
+    # Slicer's .seg.nrrd with overlapping segments: a 'list' axis of layers, fastest in the file.
+    path = slicer_nrrd(tmp_path / "layers.seg.nrrd", layers, components="list",
+                       extra={"Segment0_ID": "Segment_1", "Segment0_Layer": "0", "Segment1_Layer": "1"})
+    np.testing.assert_array_equal(load_mask(path, shape=(ROWS, COLS)), labels)
+
+
+def test_list_axis_without_segmentation_fields_is_frames(tmp_path, labels):
+    layers = np.stack([labels, labels], axis=-1)
+    path = slicer_nrrd(tmp_path / "seq.nrrd", layers, components="list")  # a Slicer sequence
+    with pytest.raises(SonoInputError, match="2 slices"):
         load_mask(path)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-
 from sonovlm.errors import SonoInputError
 from sonovlm.io import load_image
+
 from tests.dicom_factory import bmode_frame, colour_frame
 from tests.sonovlm.io.slicer_files import slicer_nifti, slicer_nrrd
 
@@ -105,3 +105,27 @@ def test_corrupt_nrrd_and_nifti(tmp_path):
     broken.write_bytes(b"\x1f\x8b\x08\x00not really gzip")
     with pytest.raises(SonoInputError, match="broken.nii.gz"):
         load_image(broken)
+
+
+def test_nifti_vector_rgb(tmp_path):
+    """Slicer's vector volumes in NIfTI: components on the fifth axis, (x, y, z=1, t=1, 3)."""
+    rgb = colour_frame(ROWS, COLS)
+    data = rgb.transpose(1, 0, 2)[:, :, None, None, :].copy()
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header.set_intent("vector")
+    nib.save(image, str(tmp_path / "vec.nii.gz"))
+    loaded = load_image(tmp_path / "vec.nii.gz")
+    assert loaded.frames.shape == (1, ROWS, COLS, 3)
+    np.testing.assert_array_equal(loaded.frames[0], rgb)
+
+
+def test_seg_nrrd_layers_keep_spacing(tmp_path):
+    layers = np.zeros((ROWS, COLS, 2), np.uint8)
+    layers[2:5, 3:9, 0] = 1
+    layers[4:8, 6:12, 1] = 2
+    path = slicer_nrrd(tmp_path / "s.seg.nrrd", layers, components="list", spacing_mm=(0.4, 0.2),
+                       extra={"Segment0_ID": "a", "Segment1_ID": "b"})
+    image = load_image(path)
+    assert image.frames.shape == (1, ROWS, COLS)
+    np.testing.assert_array_equal(image.frames[0], layers.max(axis=-1))
+    assert image.spacing_mm == pytest.approx((0.4, 0.2))

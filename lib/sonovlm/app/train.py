@@ -1,0 +1,596 @@
+"""``POST /train/segmentation`` and ``POST /train/classification``: MONAI Label trainers of the one model.
+
+Both are :class:`BasicTrainTask` subclasses run in MONAI Label's training subprocess (never
+``run_sync``: that trains inside the server and blocks every request). Changed from MONAI Label:
+
+* the network is the served model (published checkpoint, else ``weights``, else the fresh model);
+  segmentation trains the adapter and the segmentation head, classification only the
+  classification head (so a classifier run cannot change the served masks);
+* no ``CheckpointSaver`` (it writes the whole network, backbone included) and no TensorBoard or
+  MLflow handlers (``tracking`` is off: MONAI 1.6.1's MLflow handler rejects file URIs);
+* ``train_stats`` holds per-epoch validation Dice (segmentation) or accuracy and AUC
+  (classification), written atomically;
+* publishing is the app's own (:mod:`sonovlm.app.model_store`): at the end, the best epoch is
+  compared with the served model on the same validation images and published only if it is better
+  (the first model is published when nothing trained is served); the stats say why not otherwise.
+  A kill (``DELETE /train/``) at any time leaves the served model current and intact;
+* torch threads are capped (``train_threads``, default all cores but one) so the server keeps
+  answering; CUDA runs with mixed precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from ignite.handlers import EarlyStopping
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import (
+    ROCAUC,
+    ConfusionMatrix,
+    LrScheduleHandler,
+    MeanDice,
+    StatsHandler,
+    ValidationHandler,
+    from_engine,
+    stopping_fn_from_metric,
+)
+from monai.inferers import SimpleInferer
+from monai.transforms import Activationsd, AsDiscreted, CopyItemsd, RandFlipd, RandScaleIntensityd
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from torch import nn
+
+from ..errors import SonoInputError
+from ..organs import ORGAN_LABELS, PATHOLOGIES
+from .atomic import write_json_atomic
+from .config import AppConfig
+from .model_store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+ORGAN_ORDER: tuple[str, ...] = tuple(ORGAN_LABELS)
+
+#: Train config advertised in /info (and taken from the request).
+DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
+    "max_epochs": 10,
+    "train_batch_size": 8,
+    "val_batch_size": 8,
+    "learning_rate": 1e-4,
+    "val_split": 0.2,
+    "early_stop_patience": 0,
+}
+
+
+def _check_train_request(request: dict[str, Any]) -> None:
+    """Type-check the request's train params; SonoInputError names the bad one."""
+
+    def number(key: str, kind: type, low: float, high: float = math.inf) -> None:
+        value = request.get(key)
+        try:
+            parsed = kind(value)
+        except (TypeError, ValueError):
+            raise SonoInputError(key, f"expected a {kind.__name__}, got {value!r}") from None
+        if not low <= parsed <= high:
+            raise SonoInputError(key, f"must be in [{low}, {high}], got {parsed}")
+        request[key] = parsed
+
+    number("max_epochs", int, 1)
+    number("train_batch_size", int, 1)
+    number("val_batch_size", int, 1)
+    number("learning_rate", float, 1e-9, 1.0)
+    number("val_split", float, 0.0, 0.9)
+    number("early_stop_patience", int, 0)
+
+
+def split_by_image(items: list[dict[str, Any]], val_split: float, seed: int = 0) -> tuple[list, list]:
+    """Train/validation split by image (a cine's frames stay together), reproducible.
+
+    With at least two images and ``val_split > 0``, at least one image validates.
+    """
+    ids = sorted({item["image_id"] for item in items})
+    random.Random(seed).shuffle(ids)
+    n_val = 0
+    if val_split > 0 and len(ids) >= 2:
+        n_val = min(len(ids) - 1, max(1, round(len(ids) * val_split)))
+    val_ids = set(ids[:n_val])
+    return [i for i in items if i["image_id"] not in val_ids], [i for i in items if i["image_id"] in val_ids]
+
+
+class LoadTrainingItem:
+    """Datalist item -> model-space tensors: ``image`` (3, S, S), ``label`` and ``organ_id``.
+
+    Segmentation items get ``label`` (1, S, S) of 0/1 from the stored label's frame;
+    classification items get ``label`` (1,) with the pathology index.
+    """
+
+    def __init__(self, preprocess_config: Any, task: str) -> None:
+        self.preprocess_config = preprocess_config
+        self.task = task
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from ..io import load_image
+        from ..model import preprocess_frame, preprocess_pair
+        from .labels import read_stored_label
+
+        image = load_image(item["image"])
+        frame = item.get("frame")
+        out = {"image_id": item["image_id"], "organ_id": ORGAN_ORDER.index(item["organ"])}
+        if self.task == "segmentation":
+            stored = read_stored_label(item["label"], image.n_frames)
+            mask = stored if stored.ndim == 2 else stored[item["label_frame"]]
+            out["image"], out["label"] = preprocess_pair(image, mask, frame, self.preprocess_config)
+        else:
+            out["image"], _ = preprocess_frame(image, frame, self.preprocess_config)
+            out["label"] = torch.tensor([PATHOLOGIES.index(item["pathology"])], dtype=torch.long)
+        return out
+
+
+def prepare_organ_batch(batchdata: dict[str, Any], device=None, non_blocking: bool = False, **kwargs):
+    """MONAI ``prepare_batch``: ``(image, label, (organ_ids,), {})`` so the network gets the organ."""
+    to = {"device": device, "non_blocking": non_blocking, **kwargs}
+    return (
+        batchdata["image"].to(**to),
+        batchdata["label"].to(**to),
+        (torch.as_tensor(batchdata["organ_id"]).to(**to),),
+        {},
+    )
+
+
+class _TaskOutput(nn.Module):
+    """The model's forward reduced to one task's logits (what MONAI's engines expect)."""
+
+    def __init__(self, model: nn.Module, key: str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, pixel_values: torch.Tensor, organ_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values, organ_ids=organ_ids)[self.key]
+
+
+class _SonoTrainer(BasicTrainTask):
+    """Shared trainer logic; subclasses set the task and its metrics."""
+
+    task = ""
+    output_key = ""
+    key_metric = ""
+
+    def __init__(self, app_config: AppConfig, store: ModelStore, description: str) -> None:
+        self.app_config = app_config
+        self.store = store
+        super().__init__(
+            model_dir=str(Path(store.model_dir) / "runs" / self.task),
+            description=description,
+            config=dict(DEFAULT_TRAIN_CONFIG),
+            amp=torch.cuda.is_available(),
+            stats_path=str(store.stats_path(self.task)),
+            n_saved=1,
+            tracking=None,
+        )
+        for key in ("pretrained", "multi_gpu", "gpus", "tracking_uri", "tracking_experiment_name"):
+            self._config.pop(key, None)
+        self._config.update({"dataset": "CacheDataset", "dataloader": "ThreadDataLoader", "tracking": "none"})
+        self._model: Any = None
+        self._base: dict[str, Any] = {}
+        self._base_state: dict[str, torch.Tensor] = {}
+        self._epochs: list[dict[str, Any]] = []
+        self._best: tuple[float, dict[str, torch.Tensor]] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    # -- run ---------------------------------------------------------------------------------------
+
+    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        torch.set_num_threads(self.app_config.train_threads)
+        request = {**self._config, **request, "multi_gpu": False, "pretrained": False}
+        _check_train_request(request)
+        logger.info("Training %s with %d thread(s)", self.task, torch.get_num_threads())
+        return super().__call__(request, datastore)
+
+    def pre_process(self, request: dict[str, Any], datastore) -> list[dict[str, Any]]:
+        items = self.items(datastore)
+        if not items:
+            raise SonoInputError("training", self.no_items_message)
+        logger.info("%d training item(s) for %s", len(items), self.task)
+        return items
+
+    def items(self, datastore) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    no_items_message = ""
+
+    def partition_datalist(self, context: Context, shuffle: bool = False):
+        train, val = split_by_image(context.datalist, float(context.request.get("val_split", 0.0)))
+        logger.info("Split by image: %d training item(s), %d validation item(s)", len(train), len(val))
+        return train, val
+
+    def _device(self, context: Context) -> torch.device:
+        return torch.device(self.app_config.resolved_device())
+
+    def network(self, context: Context) -> nn.Module:
+        from .model_access import load_training_model
+
+        self._model, self._base = load_training_model(self.app_config, self.store, context.device)
+        self._base_state = {
+            k: v.detach().cpu().clone() for k, v in self._model.trainable_state_dict().items()
+        }
+        self.select_trainable(self._model)
+        counts = sum(p.numel() for p in self._model.parameters() if p.requires_grad)
+        logger.info(
+            "Base model %s (%s); %d trainable parameters", self._base["version"], self._base["source"], counts
+        )
+        return _TaskOutput(self._model, self.output_key)
+
+    def select_trainable(self, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def optimizer(self, context: Context):
+        params = [p for p in context.network.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=float(context.request["learning_rate"]))
+
+    def lr_scheduler_handler(self, context: Context):
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            context.optimizer, T_max=max(1, context.max_epochs)
+        )
+        return LrScheduleHandler(scheduler, print_lr=False)
+
+    def train_inferer(self, context: Context):
+        return SimpleInferer()
+
+    def val_inferer(self, context: Context):
+        return SimpleInferer()
+
+    def train_pre_transforms(self, context: Context):
+        return [LoadTrainingItem(self._model.preprocess_config, self.task)]
+
+    def val_pre_transforms(self, context: Context):
+        return [LoadTrainingItem(self._model.preprocess_config, self.task)]
+
+    def train_handlers(self, context: Context):
+        handlers: list[Any] = [self.lr_scheduler_handler(context)]
+        handlers.append(
+            StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True))
+        )
+        if context.evaluator:
+            handlers.append(ValidationHandler(1, validator=context.evaluator, epoch_level=True))
+        return handlers
+
+    def val_handlers(self, context: Context):
+        return [StatsHandler(output_transform=lambda x: None, iteration_log=False)]
+
+    def _create_evaluator(self, context: Context):
+        if not context.val_datalist:
+            return None
+        return SupervisedEvaluator(
+            device=context.device,
+            val_data_loader=self.val_data_loader(context),
+            network=context.network,
+            inferer=self.val_inferer(context),
+            prepare_batch=prepare_organ_batch,
+            postprocessing=self._validate_transforms(self.val_post_transforms(context), "Validation", "post"),
+            key_val_metric=self.val_key_metric(context),
+            additional_metrics=self.val_additional_metrics(context),
+            val_handlers=self.val_handlers(context),
+            amp=self._amp,
+        )
+
+    def _create_trainer(self, context: Context):
+        return SupervisedTrainer(
+            device=context.device,
+            max_epochs=context.max_epochs,
+            train_data_loader=self.train_data_loader(context),
+            network=context.network,
+            optimizer=context.optimizer,
+            loss_function=self.loss_function(context),
+            inferer=self.train_inferer(context),
+            prepare_batch=prepare_organ_batch,
+            amp=self._amp,
+            postprocessing=self._validate_transforms(self.train_post_transforms(context), "Training", "post"),
+            key_train_metric=self.train_key_metric(context),
+            train_handlers=self.train_handlers(context),
+        )
+
+    def finalize(self, context: Context) -> None:
+        self._epochs = []
+        self._best = None
+        source = context.evaluator or context.trainer
+        source.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._epoch_completed(context))
+        context.trainer.add_event_handler(Events.COMPLETED, lambda _: self._publish(context))
+        patience = int(context.request.get("early_stop_patience", 0))
+        if patience > 0 and context.evaluator:
+            context.evaluator.add_event_handler(
+                Events.EPOCH_COMPLETED,
+                EarlyStopping(patience, stopping_fn_from_metric(self.key_metric), trainer=context.trainer),
+            )
+        self._write_stats(context, {"state": "running"})
+
+    # -- per epoch ---------------------------------------------------------------------------------
+
+    def _epoch_completed(self, context: Context) -> None:
+        trainer, evaluator = context.trainer, context.evaluator
+        record: dict[str, Any] = {"epoch": trainer.state.epoch}
+        loss = trainer.state.output[0]["loss"] if isinstance(trainer.state.output, list) else None
+        if loss is not None:
+            record["train_loss"] = float(loss)
+        for name, value in trainer.state.metrics.items():
+            record[name] = _finite(value)
+        if evaluator is not None:
+            for name, value in evaluator.state.metrics.items():
+                record[name] = _finite(value)
+        self._epochs.append(record)
+        score = record.get(self.key_metric) if evaluator is not None else float(trainer.state.epoch)
+        score = -math.inf if score is None else score
+        if self._best is None or score > self._best[0]:
+            state = {k: v.detach().cpu().clone() for k, v in self._model.trainable_state_dict().items()}
+            self._best = (score, state)
+        self._write_stats(context, {"state": "running"})
+
+    def _write_stats(self, context: Context, extra: dict[str, Any]) -> None:
+        stats = {
+            "task": self.task,
+            "run_id": context.run_id,
+            "start_ts": int(context.start_ts),
+            "elapsed_s": round(time.time() - context.start_ts, 1),
+            "epoch": len(self._epochs),
+            "max_epochs": context.max_epochs,
+            "train_items": len(context.train_datalist or []),
+            "val_items": len(context.val_datalist or []),
+            "key_metric": self.key_metric,
+            "best_metric": self._best[0] if self._best and math.isfinite(self._best[0]) else None,
+            "base_model": self._base,
+            "epochs": self._epochs,
+            **extra,
+        }
+        write_json_atomic(self._stats_path, stats)
+
+    # -- publish -----------------------------------------------------------------------------------
+
+    def evaluate(self, context: Context) -> tuple[float, dict[str, Any]]:
+        """``(score, metrics)`` of the model's current weights on the validation items."""
+        raise NotImplementedError
+
+    def _publish(self, context: Context) -> None:
+        from ..model import save_checkpoint
+
+        model = self._model
+        candidate = (
+            self._best[1]
+            if self._best
+            else {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()}
+        )
+        served = self.store.current()
+        decision: dict[str, Any] = {"published": False, "served_version": served.version if served else None}
+        trained_served = served is not None or self.app_config.weights is not None
+
+        if context.val_datalist:
+            served_state = self._served_state(served)
+            if served_state is not None:
+                model.load_trainable_state_dict(served_state)
+                served_score, served_metrics = self.evaluate(context)
+            else:
+                served_score, served_metrics = -math.inf, {}
+            model.load_trainable_state_dict(candidate)
+            self.before_publish(context)
+            score, metrics = self.evaluate(context)
+            decision.update({"candidate": metrics, "served": served_metrics})
+            if not trained_served:
+                decision["reason"] = "first trained model (nothing trained was served)"
+                decision["published"] = True
+            elif score > served_score:
+                decision["reason"] = (
+                    f"{self.key_metric} {score:.4f} beats the served model's {served_score:.4f}"
+                )
+                decision["published"] = True
+            else:
+                decision["reason"] = (
+                    f"{self.key_metric} {score:.4f} does not beat the served model's {served_score:.4f} "
+                    f"on the same {len(context.val_datalist)} validation item(s)"
+                )
+        else:
+            model.load_trainable_state_dict(candidate)
+            if not trained_served:
+                decision["reason"] = "first trained model (nothing trained was served); no validation images"
+                decision["published"] = True
+            else:
+                decision["reason"] = (
+                    "no validation images to compare with the served model (label more images)"
+                )
+            metrics = {}
+
+        if decision["published"]:
+            entry = self.store.publish(
+                lambda path: save_checkpoint(model, path), source=f"train:{self.task}", metrics=metrics
+            )
+            decision["version"] = entry.version
+        logger.info("Publish decision: %s", decision)
+        self._write_stats(context, {"state": "done", "publish": decision})
+
+    def before_publish(self, context: Context) -> None:
+        """Hook run on the candidate weights before they are scored and saved."""
+
+    def _served_state(self, served) -> dict[str, torch.Tensor] | None:
+        """Trainable state of the served model, for scoring it on the same images.
+
+        That is the state training started from, unless another model was published or rolled
+        back to meanwhile; ``None`` when the served checkpoint does not fit this model.
+        """
+        from .model_access import checkpoint_state
+
+        if (served.version if served else None) == self._base.get("published_version"):
+            return self._base_state
+        return checkpoint_state(served.path, self._model)
+
+    def _predict(self, context: Context, item_key: str = "label") -> tuple[list, list]:
+        """Run the network over the validation loader: per-batch (logits, labels)."""
+        loader = self.val_data_loader(context)
+        outputs, labels = [], []
+        context.network.eval()
+        with torch.no_grad():
+            for batch in loader:
+                image, label, args, _ = prepare_organ_batch(batch, context.device)
+                outputs.append(context.network(image, *args).float().cpu())
+                labels.append(label.cpu())
+        return outputs, labels
+
+
+class SegmentationTrainer(_SonoTrainer):
+    """Adapter and segmentation head on the final labels (one item per annotated frame)."""
+
+    task = "segmentation"
+    output_key = "seg_logits"
+    key_metric = "val_mean_dice"
+    no_items_message = "no image has a final label yet: save labels (PUT /datastore/label) first"
+
+    def __init__(self, app_config: AppConfig, store: ModelStore) -> None:
+        super().__init__(app_config, store, "Train the adapter and segmentation head on the final labels")
+
+    def items(self, datastore) -> list[dict[str, Any]]:
+        return datastore.segmentation_items()
+
+    def select_trainable(self, model: nn.Module) -> None:
+        for param in model.cls_head.parameters():
+            param.requires_grad_(False)
+
+    def loss_function(self, context: Context):
+        from ..model import segmentation_loss
+
+        return segmentation_loss()
+
+    def train_pre_transforms(self, context: Context):
+        return [
+            *super().train_pre_transforms(context),
+            RandFlipd(keys=("image", "label"), spatial_axis=1, prob=0.5),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        ]
+
+    def train_post_transforms(self, context: Context):
+        return [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=2),
+        ]
+
+    def train_key_metric(self, context: Context):
+        return {
+            "train_mean_dice": MeanDice(
+                output_transform=from_engine(["pred", "label"]), include_background=False
+            )
+        }
+
+    def val_key_metric(self, context: Context):
+        return {
+            self.key_metric: MeanDice(
+                output_transform=from_engine(["pred", "label"]), include_background=False
+            )
+        }
+
+    def evaluate(self, context: Context) -> tuple[float, dict[str, Any]]:
+        from monai.metrics import DiceMetric
+
+        outputs, labels = self._predict(context)
+        metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+        for logits, label in zip(outputs, labels, strict=True):
+            prediction = torch.nn.functional.one_hot(logits.argmax(1), 2).permute(0, 3, 1, 2)
+            target = torch.nn.functional.one_hot(label[:, 0].long(), 2).permute(0, 3, 1, 2)
+            metric(prediction, target)
+        dice = float(metric.aggregate().item())
+        return dice, {self.key_metric: dice}
+
+
+class ClassificationTrainer(_SonoTrainer):
+    """Classification head (zero-shot mixing, learned layer, temperature) on known pathologies."""
+
+    task = "classification"
+    output_key = "cls_logits"
+    key_metric = "val_acc"
+    no_items_message = "no image has a known pathology and organ yet (label params or cases.csv)"
+
+    def __init__(self, app_config: AppConfig, store: ModelStore) -> None:
+        super().__init__(
+            app_config, store, "Train the benign/malignant head on images with a known pathology"
+        )
+
+    def items(self, datastore) -> list[dict[str, Any]]:
+        return datastore.classification_items()
+
+    def select_trainable(self, model: nn.Module) -> None:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        model.cls_head.linear.requires_grad_(True)
+        model.cls_head.norm.requires_grad_(True)
+        model.cls_head.zero_shot_weight.requires_grad_(True)
+
+    def loss_function(self, context: Context):
+        from ..model import classification_loss
+
+        return classification_loss()
+
+    def train_post_transforms(self, context: Context):
+        return [
+            Activationsd(keys="pred", softmax=True),
+            CopyItemsd(keys=("pred", "label"), names=("pred_onehot", "label_onehot")),
+            AsDiscreted(keys=("pred_onehot", "label_onehot"), argmax=(True, False), to_onehot=2),
+        ]
+
+    def _accuracy(self) -> ConfusionMatrix:
+        return ConfusionMatrix(
+            include_background=True,
+            metric_name="accuracy",
+            output_transform=from_engine(["pred_onehot", "label_onehot"]),
+        )
+
+    def train_key_metric(self, context: Context):
+        return {"train_acc": self._accuracy()}
+
+    def val_key_metric(self, context: Context):
+        return {self.key_metric: self._accuracy()}
+
+    def val_additional_metrics(self, context: Context):
+        return {"val_auc": ROCAUC(output_transform=from_engine(["pred", "label_onehot"]))}
+
+    def before_publish(self, context: Context) -> None:
+        """Fit the temperature on the validation logits (calibration; accuracy is unchanged)."""
+        outputs, labels = self._predict(context)
+        logits, targets = torch.cat(outputs), torch.cat(labels)[:, 0]
+        if len(targets) >= 2:
+            temperature = self._model.cls_head.calibrate(logits, targets)
+            logger.info("Classification temperature %.3f", temperature)
+
+    def evaluate(self, context: Context) -> tuple[float, dict[str, Any]]:
+        from monai.metrics import ROCAUCMetric
+
+        outputs, labels = self._predict(context)
+        logits, targets = torch.cat(outputs), torch.cat(labels)[:, 0].long()
+        probabilities = self._model.cls_head.probabilities(logits)
+        accuracy = float((probabilities.argmax(1) == targets).float().mean())
+        auc = None
+        if len(set(targets.tolist())) == 2:
+            metric = ROCAUCMetric()
+            metric(probabilities, torch.nn.functional.one_hot(targets, 2))
+            auc = float(metric.aggregate())
+        # Accuracy decides; AUC breaks ties (a tiny validation set ties often).
+        score = accuracy + (auc if auc is not None else 0.0) * 1e-3
+        return score, {self.key_metric: accuracy, "val_auc": auc}
+
+
+def _finite(value: Any) -> Any:
+    if torch.is_tensor(value):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = [
+    "ClassificationTrainer",
+    "LoadTrainingItem",
+    "SegmentationTrainer",
+    "split_by_image",
+    "prepare_organ_batch",
+]

@@ -1,0 +1,50 @@
+"""Options shared by the model commands (``segment``, ``classify``, ``model-info``).
+
+``--backbone`` (preset ``tiny``/``vit-b16``, hub id or directory), ``--adapter`` (``lora``,
+``mona``, ``hybrid``, ``none``), ``--weights`` (a SonoVLM checkpoint) and ``--device``. With
+``--weights`` the backbone recorded in the checkpoint is the default; without, the hub id
+``openai/clip-vit-base-patch16`` (which needs the weights in the HF cache when offline; use
+``--backbone tiny`` for an untrained offline run).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+ADAPTER_CHOICES = ("lora", "mona", "hybrid", "none")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
+    """Add ``--backbone``, ``--adapter``, ``--device`` and (when ``weights``) ``--weights``."""
+    parser.add_argument(
+        "--backbone",
+        metavar="B",
+        help="preset (tiny, vit-b16: untrained), hub id or local directory of a CLIP model "
+        "(default: the checkpoint's with --weights, else openai/clip-vit-base-patch16)",
+    )
+    parser.add_argument(
+        "--adapter", choices=ADAPTER_CHOICES, help="vision adapter (default: the checkpoint's, else lora)"
+    )
+    if weights:
+        parser.add_argument("--weights", metavar="FILE", help="SonoVLM checkpoint (.safetensors)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def model_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~sonovlm.model.SonoVLM` the options name (raises ModelLoadError/SonoInputError)."""
+    from ..model import load_model
+
+    weights = getattr(args, "weights", None)
+    return load_model(backbone=args.backbone, adapter=args.adapter, weights=weights, device=args.device)
+
+
+def model_summary(predictor: Any) -> dict[str, Any]:
+    """Keys every model command prints: which model answered, and whether it is untrained."""
+    model = predictor.model
+    return {
+        "model_version": predictor.model_version,
+        "backbone": predictor.backbone_info["name"],
+        "adapter": model.config.adapter.kind,
+        "untrained": bool(predictor.backbone_info.get("untrained", False)),
+    }

@@ -1,0 +1,217 @@
+"""``python -m training COMMAND``: prepare data, train and evaluate stages, compare runs, export.
+
+Commands::
+
+    prepare NAME SRC DST         convert a public dataset (busi, bus-bra, tn3k, ddti, generic)
+    contrastive                  adapter tuning on image-caption pairs (symmetric InfoNCE)
+    segmentation                 adapter + segmentation head (MONAI DiceCE)
+    classification               adapter + classification head (MONAI Focal)
+    zero-shot                    classification from the prompt bank alone (no training)
+    compare RUN_DIR...           paper-style table across runs (rows backbone x adapter)
+    export RUN_DIR FILE          the best checkpoint as one file for the server, plus a model card
+
+Stages run as one process or under ``torchrun`` (DDP; NCCL on GPU, gloo on CPU). Errors a user
+can cause exit with code 2 and one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sonovlm.errors import ModelLoadError, SonoInputError
+
+from .augment import AUGMENT_MODES
+from .engine import PRECISIONS
+
+
+def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
+    data = parser.add_argument_group("data")
+    if stage == "contrastive":
+        data.add_argument("--pairs", help="image-caption CSV/JSONL (default DATA_ROOT/finetune/pairs.csv)")
+        data.add_argument(
+            "--captions",
+            choices=("raw", "refined"),
+            default="raw",
+            help="raw captions or the LLM-refined column (default raw)",
+        )
+        data.add_argument("--data-root", default=".", help="dataset root (for the default --pairs)")
+    else:
+        data.add_argument("--data-root", required=True, help="dataset root in the public layout")
+        data.add_argument("--dataset", required=True, help="NAME[,NAME...]: several names pool datasets")
+        data.add_argument(
+            "--organ",
+            action="append",
+            metavar="DATASET=ORGAN",
+            help="organ of a dataset the layout does not name (repeatable)",
+        )
+    data.add_argument("--train-ratio", type=float, default=1.0, help="few-shot fraction of the train split")
+    data.add_argument(
+        "--augment",
+        choices=AUGMENT_MODES,
+        default="all",
+        help="augmentation for the ablation (default all: ultrasound + geometric)",
+    )
+    data.add_argument(
+        "--cache-rate", type=float, default=1.0, help="share of preprocessed cases kept in memory"
+    )
+    data.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--backbone", help="preset (tiny, vit-b16), hub id or local dir (default: CLIP ViT-B/16 hub id)"
+    )
+    model.add_argument("--adapter", choices=("lora", "mona", "hybrid", "none"), help="default mona")
+    model.add_argument("--init-from", help="checkpoint or run folder to start from (e.g. a contrastive run)")
+    model.add_argument("--prompt-bank", help="packaged prompt bank name or bank file")
+    if stage in ("segmentation", "classification"):
+        model.add_argument(
+            "--freeze-adapter",
+            action="store_true",
+            help="train the head only (keep the --init-from adapter as it is)",
+        )
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--patience", type=int, default=10, help="early stopping: epochs without improvement")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 (else fp16) autocast on CUDA, fp32 on CPU",
+    )
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    train.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from .runner import run_stage
+    from .stages import STAGES
+
+    if args.command == "zero-shot":
+        args.epochs = max(args.epochs, 1)
+    return run_stage(args, STAGES[args.command]())
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    import json
+
+    from .data.converters import CONVERTERS
+    from .data.splits import parse_fractions
+
+    options = {
+        "seed": args.seed,
+        "fractions": parse_fractions(args.fractions) if args.fractions else None,
+        "near_duplicate_bits": None if args.near_duplicate_bits < 0 else args.near_duplicate_bits,
+        "include_normal": args.include_normal,
+        "name": args.name,
+        "organ": args.organ,
+    }
+    if args.fold is not None:
+        options["fold"] = args.fold
+    if args.folds is not None:
+        options["folds"] = args.folds
+    src = Path(args.src)
+    if not src.exists():
+        raise SonoInputError(src, "source not found")
+    info = CONVERTERS[args.name_of_converter](src, Path(args.dst), **options)
+    summary = {
+        k: info[k] for k in ("dataset", "organ", "split_rule", "segmentation_counts", "classification_counts")
+    }
+    summary["duplicate_groups"] = len(info["duplicate_groups"])
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+
+    table = compare_runs(
+        [Path(p) for p in args.runs], metric=args.metric, out=Path(args.out) if args.out else None
+    )
+    print(table, end="")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    checkpoint, card = export_run(Path(args.run), Path(args.file))
+    print(f"wrote {checkpoint}\nwrote {card}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser("prepare", help="convert a public dataset into the public layout")
+    prepare.add_argument(
+        "name_of_converter", metavar="NAME", choices=("busi", "bus-bra", "tn3k", "ddti", "generic")
+    )
+    prepare.add_argument("src", metavar="SRC", help="the dataset as distributed (folder; a CSV for generic)")
+    prepare.add_argument("dst", metavar="DST", help="dataset root to write (may hold other datasets)")
+    prepare.add_argument("--seed", type=int, default=0, help="split seed")
+    prepare.add_argument("--fractions", help="train,val,test fractions (default 0.7,0.1,0.2)")
+    prepare.add_argument(
+        "--fold", type=int, help="BUS-BRA: test fold (1-based, default 1); TN3K: fold json (default 0)"
+    )
+    prepare.add_argument("--folds", type=int, choices=(5, 10), help="BUS-BRA: 5- or 10-fold file (default 5)")
+    prepare.add_argument(
+        "--include-normal", action="store_true", help="BUSI: normal images (empty masks) in segmentation"
+    )
+    prepare.add_argument(
+        "--near-duplicate-bits",
+        type=int,
+        default=4,
+        help="near-duplicate threshold on the 256-bit dHash (-1: exact copies only)",
+    )
+    prepare.add_argument("--name", help="generic: dataset name")
+    prepare.add_argument("--organ", help="generic: organ (lymph_node, breast_lesion, thyroid_nodule)")
+    prepare.set_defaults(func=_run_prepare)
+
+    helps = {
+        "contrastive": "adapter tuning on image-caption pairs (symmetric InfoNCE)",
+        "segmentation": "adapter + segmentation head",
+        "classification": "adapter + classification head",
+        "zero-shot": "classification from the prompt bank alone",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text)
+        _add_stage_options(sub, name)
+        sub.set_defaults(func=_run_stage)
+
+    compare = commands.add_parser("compare", help="paper-style table across runs")
+    compare.add_argument("runs", metavar="RUN_DIR", nargs="+")
+    compare.add_argument(
+        "--metric", help="metric per cell (default dice for segmentation, auc for classification)"
+    )
+    compare.add_argument("--out", help="also write the table here (.md; a .csv beside it)")
+    compare.set_defaults(func=_run_compare)
+
+    export = commands.add_parser(
+        "export", help="best checkpoint as one file for the server, plus a model card"
+    )
+    export.add_argument("run", metavar="RUN_DIR")
+    export.add_argument(
+        "file", metavar="FILE", help="checkpoint to write (.safetensors); the card goes beside it"
+    )
+    export.set_defaults(func=_run_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SonoInputError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

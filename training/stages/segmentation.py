@@ -1,0 +1,89 @@
+"""Segmentation: adapter and text-conditioned segmentation head, MONAI DiceCE loss.
+
+The head is conditioned on each case's organ through the organ's target-description embedding
+(one network for every organ; pooled datasets carry their organs). Validation: mean Dice on the
+model grid (``S`` × ``S``), the early-stopping metric. Test: the prediction is taken back to the
+image's own grid (:func:`sonovlm.model.preprocess.from_model_space`, lesion probability >= 0.5, as
+the server does) and scored there by :func:`training.metrics.segmentation_case`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from sonovlm.model import SonoVLM, from_model_space, segmentation_loss
+from sonovlm.model.inference import MASK_THRESHOLD
+
+from ..distributed import DistInfo, gather_records
+from ..metrics import segmentation_case, summarize_segmentation
+from .base import Stage
+
+
+def lesion_probability(model: SonoVLM, batch: dict) -> torch.Tensor:
+    """``(B, S, S)`` lesion probability for a batch, conditioned on each case's organ."""
+    features = model.encode_image(batch["pixel_values"])
+    logits = model.segment_logits(features, model.organ_text[batch["organ_id"]])
+    return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+class SegmentationStage(Stage):
+    name = "segmentation"
+    task = "segmentation"
+    monitor = "dice"
+    mode = "max"
+    trains_seg_head = True
+
+    def __init__(self) -> None:
+        self.criterion = segmentation_loss()
+
+    def loss(self, model: SonoVLM, batch: dict) -> torch.Tensor:
+        features = model.encode_image(batch["pixel_values"])
+        logits = model.segment_logits(features, model.organ_text[batch["organ_id"]])
+        return self.criterion(logits.float(), batch["mask"])
+
+    @torch.no_grad()
+    def validate(self, model: SonoVLM, loader: Any, info: DistInfo) -> dict[str, float]:
+        from monai.metrics import DiceMetric
+
+        dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+        records = []
+        for batch in loader:
+            batch = {k: v.to(info.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            features = model.encode_image(batch["pixel_values"])
+            logits = model.segment_logits(features, model.organ_text[batch["organ_id"]]).float()
+            losses = [
+                float(self.criterion(logits[i : i + 1], batch["mask"][i : i + 1])) for i in range(len(logits))
+            ]
+            pred = (torch.softmax(logits, dim=1)[:, 1:] >= MASK_THRESHOLD).float()
+            truth = batch["mask"]
+            scores = dice(torch.cat([1 - pred, pred], 1), torch.cat([1 - truth, truth], 1))[:, 0]
+            for name, score, loss in zip(batch["name"], scores.tolist(), losses, strict=True):
+                records.append({"name": name, "dice": score, "loss": loss})
+        records = gather_records(info, records)
+        n = max(len(records), 1)
+        return {"dice": sum(r["dice"] for r in records) / n, "loss": sum(r["loss"] for r in records) / n}
+
+    @torch.no_grad()
+    def evaluate(self, model: SonoVLM, loader: Any, info: DistInfo) -> list[dict]:
+        records = []
+        for batch in loader:
+            tensors = {k: v.to(info.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            probability = lesion_probability(model, tensors).cpu()
+            for i, name in enumerate(batch["name"]):
+                frame_probability = from_model_space(probability[i], batch["geometry"][i])
+                prediction = (frame_probability >= MASK_THRESHOLD).numpy()
+                case = segmentation_case(prediction, batch["frame_mask"][i], batch["spacing_mm"][i])
+                records.append({"name": name, "dataset": batch["dataset"][i], **case})
+        return records
+
+    def summarize(self, records: list[dict], n_boot: int, seed: int) -> dict:
+        summary = summarize_segmentation(records, n_boot, seed)
+        by_dataset: dict[str, list[dict]] = defaultdict(list)
+        for record in records:
+            by_dataset[record["dataset"]].append(record)
+        summary["per_dataset"] = {
+            name: summarize_segmentation(rs, n_boot, seed) for name, rs in sorted(by_dataset.items())
+        }
+        return summary
