@@ -126,7 +126,7 @@ def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, dynamic_ncols=True, disable=None, **kwargs)  # None: bars on a terminal only
 
 
 class Trainer:
@@ -274,7 +274,8 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             images = int(batch["pixel_values"].shape[0])
-            total_loss += float(loss.detach()) * images
+            loss_value = float(loss.detach())
+            total_loss += loss_value * images
             total_images += images
             n_batches += 1
             if self.info.is_main and hasattr(bar, "set_postfix"):

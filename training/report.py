@@ -156,10 +156,10 @@ def plot_roc(labels: Sequence[int], probabilities: Sequence[float], path: Path) 
 
 
 def pick_overlay_cases(records: Sequence[dict]) -> list[tuple[str, dict]]:
-    """``[("best", r), ("median", r), ("worst", r)]`` by Dice (ties: by name)."""
+    """``[("best", r), ("median", r), ("worst", r)]`` by Dice (ties: by HD95, then name)."""
     if not records:
         return []
-    ordered = sorted(records, key=lambda r: (-r["dice"], r["name"]))
+    ordered = sorted(records, key=lambda r: (-r["dice"], r.get("hd95_px", 0.0), r["name"]))
     picks = [("best", ordered[0]), ("median", ordered[len(ordered) // 2]), ("worst", ordered[-1])]
     return picks
 

@@ -79,7 +79,8 @@ def build_model(args: argparse.Namespace) -> Any:
             )
         log.info("initialised from %s (version %s)", path, model.version)
         return model
-    config = ModelConfig(adapter=AdapterConfig(kind=args.adapter or "mona"))
+    default_adapter = "none" if args.command == "zero-shot" else "mona"
+    config = ModelConfig(adapter=AdapterConfig(kind=args.adapter or default_adapter))
     if args.backbone:
         config.backbone = args.backbone
     if getattr(args, "prompt_bank", None):

@@ -225,9 +225,13 @@ def _checked_spacing(spacing_mm: Sequence[float] | None) -> tuple[float, float] 
     try:
         values = tuple(float(v) for v in spacing_mm)
     except (TypeError, ValueError):
-        raise SonoInputError("spacing_mm", f"expected two numbers (row_mm, col_mm), got {spacing_mm!r}") from None
+        raise SonoInputError(
+            "spacing_mm", f"expected two numbers (row_mm, col_mm), got {spacing_mm!r}"
+        ) from None
     if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise SonoInputError("spacing_mm", f"expected two positive numbers (row_mm, col_mm), got {spacing_mm!r}")
+        raise SonoInputError(
+            "spacing_mm", f"expected two positive numbers (row_mm, col_mm), got {spacing_mm!r}"
+        )
     return values  # type: ignore[return-value]
 
 

@@ -134,8 +134,9 @@ def test_axis_endpoints_match_the_axes():
     mask = ellipse_mask((400, 300), spacing, (20.0, 10.0), 40.0)
     geometry = measure_lesion(mask, spacing).physical
     scale = np.array([spacing[1], spacing[0]])  # (x, y) pixel coordinates -> mm
-    (a, b), (c, d) = (np.array(p) * scale for p in geometry.long_axis_endpoints), (
-        np.array(p) * scale for p in geometry.short_axis_endpoints
+    (a, b), (c, d) = (
+        (np.array(p) * scale for p in geometry.long_axis_endpoints),
+        (np.array(p) * scale for p in geometry.short_axis_endpoints),
     )
     assert np.linalg.norm(b - a) == pytest.approx(geometry.long_axis)
     assert np.linalg.norm(d - c) == pytest.approx(geometry.short_axis)
@@ -152,7 +153,14 @@ def test_uncalibrated_gives_pixels_only():
     mask = ellipse_mask((120, 160), (1.0, 1.0), (100.0, 50.0), 0.0)
     result = measure_lesion(mask, None).to_dict()
     assert result["calibrated"] is False
-    for key in ("area_mm2", "long_axis_mm", "short_axis_mm", "axis_ratio", "orientation_deg", "taller_than_wide"):
+    for key in (
+        "area_mm2",
+        "long_axis_mm",
+        "short_axis_mm",
+        "axis_ratio",
+        "orientation_deg",
+        "taller_than_wide",
+    ):
         assert result[key] is None, key
     assert result["area_px"] == int(mask.sum())
     assert result["long_axis_px"] == pytest.approx(100.0, rel=0.03)

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: Permissions of files written here (what ``open`` gives with the usual umask 022).
+FILE_MODE = 0o644
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically.
@@ -28,6 +31,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; others (viewers, backups) may read these
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

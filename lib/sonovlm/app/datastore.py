@@ -32,6 +32,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from ..errors import SonoInputError
 from .atomic import file_signature, write_atomic, write_bytes_atomic
 from .cases import CaseTable
 from .config import DEFAULT_IMAGE_PATTERNS
@@ -175,7 +176,10 @@ class SonoDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Add an image after checking it decodes; 422 for a file that is not a readable image."""
         with input_errors_as_http():
-            self._geometry(image_filename)
+            try:
+                self._geometry(image_filename)
+            except SonoInputError as exc:
+                raise SonoInputError("uploaded file", exc.problem) from exc
         new_id, image_ext = self._to_id(os.path.basename(image_filename))
         image_id = image_id or new_id
         name = self._filename(image_id, image_ext)

@@ -187,7 +187,12 @@ class _SonoInferTask(BasicInferTask):
             path = data.get("image")
             if not isinstance(path, str) or not path:
                 raise SonoInputError("image", "no image given (an id, or an uploaded file)")
-            image = self.registry.images.get(path)
+            try:
+                image = self.registry.images.get(path)
+            except SonoInputError as exc:
+                if data.get("image_id"):
+                    raise
+                raise SonoInputError("uploaded file", exc.problem) from exc
             recorded = self.organ_lookup(data.get("image_id"))
             data["sono_request"] = parse_request(
                 data, image.n_frames, recorded, with_prompt=self.type == InferType.SEGMENTATION

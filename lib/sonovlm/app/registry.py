@@ -61,6 +61,8 @@ class ModelRegistry:
         self._listeners: list[Callable[[str], None]] = []
         self._watcher: threading.Thread | None = None
         self._reload_lock = threading.Lock()
+        self._waiting_lock = threading.Lock()
+        self._requests_waiting = 0
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -114,11 +116,30 @@ class ModelRegistry:
         return str(self.predictor.model_version)
 
     @contextmanager
-    def inference(self) -> Iterator[Any]:
-        """Exclusive use of the served predictor (after picking up a newly published model)."""
+    def inference(self, background: bool = False) -> Iterator[Any]:
+        """Exclusive use of the served predictor (after picking up a newly published model).
+
+        ``background`` work (scoring) waits while any request waits, so a request never queues
+        behind more than one background step.
+        """
         self.refresh(wait=False)
-        with self._lock:
+        if background:
+            while self._requests_waiting:
+                time.sleep(0.01)
+            with self._lock:
+                yield self.predictor
+            return
+        with self._waiting_lock:
+            self._requests_waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._requests_waiting -= 1
+        try:
             yield self.predictor
+        finally:
+            self._lock.release()
 
     def on_change(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(new_version)`` after a different model starts serving."""

@@ -185,7 +185,7 @@ class SonoVLMServer(MONAILabelApp):
         datastore = self.datastore()
         image = self.images.get(datastore.get_image_uri(image_id))
         organ = self._recorded_organ(image_id) or DEFAULT_ORGAN
-        with self.registry.inference() as predictor:
+        with self.registry.inference(background=True) as predictor:
             embedding = predictor.embedding(image)
             uncertainty = None
             if not labelled:

@@ -185,6 +185,16 @@ class _SonoTrainer(BasicTrainTask):
     def config(self) -> dict[str, Any]:
         return self._config
 
+    def stats(self) -> dict[str, Any]:
+        """The last run's statistics; a run killed mid-way (``DELETE /train/``) shows as stopped."""
+        stats = super().stats()
+        if stats.get("state") == "running" and not _training_process_running():
+            stats["state"] = "stopped"
+            stats["note"] = (
+                "the run ended before publishing (stopped or failed); the served model is unchanged"
+            )
+        return stats
+
     # -- run ---------------------------------------------------------------------------------------
 
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
@@ -577,6 +587,13 @@ class ClassificationTrainer(_SonoTrainer):
         # Accuracy decides; AUC breaks ties (a tiny validation set ties often).
         score = accuracy + (auc if auc is not None else 0.0) * 1e-3
         return score, {self.key_metric: accuracy, "val_auc": auc}
+
+
+def _training_process_running() -> bool:
+    """Whether MONAI Label has a training subprocess running (only meaningful in the server)."""
+    from monailabel.utils.async_tasks.utils import processes
+
+    return any(process.poll() is None for process in processes("train").values())
 
 
 def _finite(value: Any) -> Any:

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
         description=__doc__.splitlines()[0],
     )
     parser.add_argument("image", metavar="IMAGE", help="the ultrasound image the mask belongs to")
-    parser.add_argument("mask", metavar="MASK", help="lesion mask: PNG, NRRD, NIfTI or .npy (non-zero = lesion)")
+    parser.add_argument(
+        "mask", metavar="MASK", help="lesion mask: PNG, NRRD, NIfTI or .npy (non-zero = lesion)"
+    )
     parser.add_argument(
         "--spacing-mm",
         nargs=2,

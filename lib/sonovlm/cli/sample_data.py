@@ -17,7 +17,9 @@ def register(subparsers) -> None:
         help="write simulated ultrasound studies (lymph node, breast, thyroid) for the demo and tests",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("directory", metavar="DIR", help="studies folder to create (must not hold studies yet)")
+    parser.add_argument(
+        "directory", metavar="DIR", help="studies folder to create (must not hold studies yet)"
+    )
     parser.add_argument("--count", type=int, default=24, metavar="N", help="number of cases (default 24)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     parser.set_defaults(func=run)

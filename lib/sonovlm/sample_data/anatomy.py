@@ -165,8 +165,12 @@ class _Layers:
 
     def line(self, depth_mm: np.ndarray, amplitude: float, thickness_mm: float = 0.15) -> None:
         """A specular interface along ``depth_mm`` (``(1, cols)``), its strength varying along it."""
-        along = np.exp(0.5 * _smooth_noise(self.rng, (1, self.grid.shape[1]), 1.5 / self.grid.spacing_mm, axes=(1,)))
-        rows = self.rows_between(float(np.min(depth_mm)) - 5 * thickness_mm, float(np.max(depth_mm)) + 5 * thickness_mm)
+        along = np.exp(
+            0.5 * _smooth_noise(self.rng, (1, self.grid.shape[1]), 1.5 / self.grid.spacing_mm, axes=(1,))
+        )
+        rows = self.rows_between(
+            float(np.min(depth_mm)) - 5 * thickness_mm, float(np.max(depth_mm)) + 5 * thickness_mm
+        )
         profile = np.exp(-0.5 * ((self.grid.z[rows] - depth_mm) / thickness_mm) ** 2)
         self.specular[rows] += amplitude * profile * along
 
@@ -196,7 +200,9 @@ class _Layers:
         z = self.grid.z[rows]
         striations = np.zeros((z.shape[0], self.grid.shape[1]))
         for _ in range(max(2, int(float(np.max(bottom - top)) / 1.5))):
-            depth = top + self.rng.uniform(0, 1) * (bottom - top) + self.rng.uniform(-0.05, 0.05) * self.grid.x
+            depth = (
+                top + self.rng.uniform(0, 1) * (bottom - top) + self.rng.uniform(-0.05, 0.05) * self.grid.x
+            )
             striations += np.exp(-0.5 * ((z - depth) / 0.12) ** 2)
         fibres = np.ones(self.grid.shape)
         fibres[rows] += 1.2 * np.minimum(striations, 1.5)
@@ -263,7 +269,9 @@ def _fit(grid: Grid, shape: LesionShape) -> LesionShape:
     limit = 0.3 * min(grid.depth_mm, grid.width_mm)
     factor = min(1.0, limit / shape.max_radius_mm())
     a, b = shape.semi_axes_mm
-    return LesionShape(shape.centre_mm, (a * factor, b * factor), shape.angle_deg, shape.harmonics, shape.spicules)
+    return LesionShape(
+        shape.centre_mm, (a * factor, b * factor), shape.angle_deg, shape.harmonics, shape.spicules
+    )
 
 
 # --- lymph node ------------------------------------------------------------------------------
@@ -299,14 +307,18 @@ def _lymph_node(rng: np.random.Generator, malignant: bool, grid: Grid) -> Scene:
         for _ in range(int(rng.integers(1, 4))):  # small necrotic (cystic) areas
             a, b = shape.semi_axes_mm
             necrosis = LesionShape(
-                (shape.centre_mm[0] + rng.uniform(-0.4, 0.4) * b, shape.centre_mm[1] + rng.uniform(-0.4, 0.4) * a),
+                (
+                    shape.centre_mm[0] + rng.uniform(-0.4, 0.4) * b,
+                    shape.centre_mm[1] + rng.uniform(-0.4, 0.4) * a,
+                ),
                 (b * rng.uniform(0.15, 0.3), b * rng.uniform(0.1, 0.2)),
                 float(rng.uniform(0, 180)),
             )
             echo = np.where(necrosis.inside(grid) & node, 0.03, echo)
         if rng.uniform() < 0.5:  # thin eccentric hilum remnant
             remnant = LesionShape(
-                _offset(shape, 0.0, rng.uniform(0.35, 0.55)), (shape.semi_axes_mm[0] * 0.35, shape.semi_axes_mm[1] * 0.12),
+                _offset(shape, 0.0, rng.uniform(0.35, 0.55)),
+                (shape.semi_axes_mm[0] * 0.35, shape.semi_axes_mm[1] * 0.12),
                 shape.angle_deg,
             )
             echo = np.where(remnant.inside(grid) & node, 1.4 * layers.texture(0.4, 0.3), echo)
@@ -347,7 +359,11 @@ def _breast_lesion(rng: np.random.Generator, malignant: bool, grid: Grid) -> Sce
     gland_echo = np.where(fat_patches, 0.5, 1.3) * layers.texture(0.7, 0.3)
     gland = layers.band(gland_top, gland_bottom, gland_echo)
     for _ in range(3):  # Cooper's ligaments: bright curved bands at the gland's surface
-        arc = gland_top + rng.uniform(-1.5, 0.5) * scale + 1.5 * np.cos(2 * math.pi * grid.x / rng.uniform(12, 25))
+        arc = (
+            gland_top
+            + rng.uniform(-1.5, 0.5) * scale
+            + 1.5 * np.cos(2 * math.pi * grid.x / rng.uniform(12, 25))
+        )
         layers.line(arc, 0.3, 0.12)
     fascia = gland_bottom + rng.uniform(2.0, 4.0) * scale
     layers.band(gland_bottom, fascia, 0.45 * layers.texture(0.8, 0.3))
@@ -360,14 +376,17 @@ def _breast_lesion(rng: np.random.Generator, malignant: bool, grid: Grid) -> Sce
         angle = float(rng.uniform(60, 120)) if rng.uniform() < 0.6 else float(rng.uniform(0, 180))
         harmonics = _harmonics(rng, range(2, 7), 0.04, 0.1)
         spicules = tuple(
-            (float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.1, 0.25))) for _ in range(int(rng.integers(8, 16)))
+            (float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.1, 0.25)))
+            for _ in range(int(rng.integers(8, 16)))
         )
     else:
         ratio = rng.uniform(1.4, 2.0)
         angle = float(rng.uniform(-15, 15))
         harmonics = _harmonics(rng, range(2, 6), 0.02, 0.06)
         spicules = ()
-    shape = _fit(grid, LesionShape((0.0, 0.0), (long_mm / 2, long_mm / 2 / ratio), angle, harmonics, spicules))
+    shape = _fit(
+        grid, LesionShape((0.0, 0.0), (long_mm / 2, long_mm / 2 / ratio), angle, harmonics, spicules)
+    )
     gland_mid = float(np.mean(gland_top + gland_bottom) / 2)
     shape = _place(rng, grid, shape, (gland_mid - 3 * scale, gland_mid + 3 * scale), 2.0)
     rho = shape.relative_radius(grid)
@@ -378,7 +397,9 @@ def _breast_lesion(rng: np.random.Generator, malignant: bool, grid: Grid) -> Sce
         layers.echo = np.where(halo, 1.6 * layers.texture(0.4, 0.3), layers.echo)
     inner = (0.1 if malignant else 0.2) * layers.texture(0.8, 0.4)
     layers.echo = np.where(mass, inner, layers.echo)
-    layers.attenuation = np.where(mass, rng.uniform(1.2, 1.5) if malignant else rng.uniform(0.85, 1.0), layers.attenuation)
+    layers.attenuation = np.where(
+        mass, rng.uniform(1.2, 1.5) if malignant else rng.uniform(0.85, 1.0), layers.attenuation
+    )
     return Scene(layers.done(), mass, shape)
 
 
@@ -423,10 +444,14 @@ def _thyroid_nodule(rng: np.random.Generator, malignant: bool, grid: Grid) -> Sc
     candidates = np.argwhere(allowed)
     if candidates.size == 0:  # a tiny test image: centre of the lobe, nodule shrunk to fit
         centre = lobe.centre_mm
-        nodule = LesionShape(centre, (lobe.semi_axes_mm[1] * 0.5, lobe.semi_axes_mm[1] * 0.35), angle, harmonics)
+        nodule = LesionShape(
+            centre, (lobe.semi_axes_mm[1] * 0.5, lobe.semi_axes_mm[1] * 0.35), angle, harmonics
+        )
     else:
         r, c = candidates[int(rng.integers(len(candidates)))]
-        nodule = LesionShape((float(grid.z[r, 0]), float(grid.x[0, c])), nodule.semi_axes_mm, angle, harmonics)
+        nodule = LesionShape(
+            (float(grid.z[r, 0]), float(grid.x[0, c])), nodule.semi_axes_mm, angle, harmonics
+        )
     rho = nodule.relative_radius(grid)
     inside = (rho <= 1.0) & gland
 

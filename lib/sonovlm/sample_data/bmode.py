@@ -59,11 +59,15 @@ class BModeSettings:
     display_max_db: float = 30.0
 
 
+#: The scanner :func:`render_bmode` and :func:`~sonovlm.sample_data.simulate_case` use by default.
+DEFAULT_SETTINGS = BModeSettings()
+
+
 def render_bmode(
     tissue: TissueMap,
     spacing_mm: tuple[float, float],
     rng: np.random.Generator,
-    settings: BModeSettings = BModeSettings(),
+    settings: BModeSettings = DEFAULT_SETTINGS,
 ) -> np.ndarray:
     """Simulate a B-mode image of ``tissue``.
 
@@ -93,7 +97,9 @@ def render_bmode(
     one_way_db = np.cumsum(tissue.attenuation, axis=0) * (f * dz_cm) - tissue.attenuation * (f * dz_cm / 2)
     attenuation_amp = 10.0 ** (-2.0 * one_way_db / 20.0) * gain
 
-    noise = rng.standard_normal((2, rows, cols), dtype=np.float32) * (10.0 ** (settings.noise_db / 20.0) / math.sqrt(2.0))
+    noise = rng.standard_normal((2, rows, cols), dtype=np.float32) * (
+        10.0 ** (settings.noise_db / 20.0) / math.sqrt(2.0)
+    )
     received_re = field_re * attenuation_amp + noise[0]
     received_im = field_im * attenuation_amp + noise[1]
 

@@ -48,7 +48,9 @@ class DicomIdentity:
         )
 
 
-def ultrasound_dataset(image: np.ndarray, meta: SimulationMeta, identity: DicomIdentity, description: str) -> Dataset:
+def ultrasound_dataset(
+    image: np.ndarray, meta: SimulationMeta, identity: DicomIdentity, description: str
+) -> Dataset:
     """The DICOM dataset (with file meta) of one ``(rows, cols)`` uint8 frame."""
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"expected a (rows, cols) uint8 frame, got {image.dtype} {image.shape}")

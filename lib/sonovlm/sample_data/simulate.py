@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import SonoInputError
 from ..organs import PATHOLOGIES, organ_label
 from .anatomy import Grid, build_scene
-from .bmode import BModeSettings, render_bmode
+from .bmode import DEFAULT_SETTINGS, BModeSettings, render_bmode
 
 #: Imaging depth choices (mm) per organ: high-frequency linear-probe presets.
 DEPTHS_MM: dict[str, tuple[float, ...]] = {
@@ -66,7 +66,7 @@ def simulate_case(
     *,
     shape: tuple[int, int] = (480, 640),
     annotation: str = "",
-    settings: BModeSettings = BModeSettings(),
+    settings: BModeSettings = DEFAULT_SETTINGS,
 ) -> tuple[np.ndarray, np.ndarray, SimulationMeta]:
     """Simulate one B-mode frame of a lesion of ``organ``.
 
@@ -85,10 +85,14 @@ def simulate_case(
     """
     label = organ_label(organ)
     if pathology not in PATHOLOGIES:
-        raise SonoInputError("pathology", f"unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})")
+        raise SonoInputError(
+            "pathology", f"unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})"
+        )
     rows, cols = shape
     if rows < 96 or cols < 128:
-        raise SonoInputError("shape", f"a simulated frame needs at least 96 x 128 pixels, got {rows} x {cols}")
+        raise SonoInputError(
+            "shape", f"a simulated frame needs at least 96 x 128 pixels, got {rows} x {cols}"
+        )
 
     region = imaging_region(rows, cols)
     x0, y0, x1, y1 = region

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import SonoInputError
 from ..io import save_mask
 from ..organs import ORGAN_LABELS, PATHOLOGIES
@@ -140,11 +141,15 @@ def read_cases(directory: str | os.PathLike) -> list[Case]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SonoInputError(path, "not found (a studies folder written by `sonovlm sample-data` has one)") from None
+        raise SonoInputError(
+            path, "not found (a studies folder written by `sonovlm sample-data` has one)"
+        ) from None
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in CASES_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise SonoInputError(path, f"missing column(s) {', '.join(missing)}; expected {','.join(CASES_COLUMNS)}")
+        raise SonoInputError(
+            path, f"missing column(s) {', '.join(missing)}; expected {','.join(CASES_COLUMNS)}"
+        )
     cases: list[Case] = []
     seen: set[str] = set()
     for line, row in enumerate(reader, start=2):
@@ -153,11 +158,17 @@ def read_cases(directory: str | os.PathLike) -> list[Case]:
         if not case_id or case_id in seen:
             raise SonoInputError(path, f"line {line}: empty or repeated id {case_id!r}")
         if organ not in ORGAN_LABELS:
-            raise SonoInputError(path, f"line {line}: unknown organ {organ!r} (known: {', '.join(ORGAN_LABELS)})")
+            raise SonoInputError(
+                path, f"line {line}: unknown organ {organ!r} (known: {', '.join(ORGAN_LABELS)})"
+            )
         if pathology not in PATHOLOGIES:
-            raise SonoInputError(path, f"line {line}: unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})")
+            raise SonoInputError(
+                path, f"line {line}: unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})"
+            )
         if labelled not in ("true", "false"):
-            raise SonoInputError(path, f"line {line}: labelled must be true or false, got {row['labelled']!r}")
+            raise SonoInputError(
+                path, f"line {line}: labelled must be true or false, got {row['labelled']!r}"
+            )
         seen.add(case_id)
         is_labelled = labelled == "true"
         cases.append(
@@ -189,5 +200,7 @@ def _refuse_existing_studies(root: Path) -> None:
         found.append("labels/")
     if found:
         raise SonoInputError(
-            root, f"already holds studies ({', '.join(found)}); sample-data never overwrites: choose a new or empty folder"
+            root,
+            f"already holds studies ({', '.join(found)}); "
+            "sample-data never overwrites: choose a new or empty folder",
         )

@@ -150,8 +150,15 @@ class SonoVLMClient:
         return self._json("GET", "/info/")
 
     def auth_enabled(self) -> bool:
-        """Whether the server asks for a login (``GET /auth/``)."""
-        return bool(self._json("GET", "/auth/").get("enabled"))
+        """Whether the server asks for a login (``GET /auth/``; MONAI Label serves it only when
+        authentication is on, so 404 means off)."""
+        try:
+            reply = self._json("GET", "/auth/", authenticate=False)
+        except SonoVLMClientError as error:
+            if error.status == 404:
+                return False
+            raise
+        return bool(reply.get("enabled"))
 
     def login(self, username: str, password: str) -> str | None:
         """Log in through MONAI Label's ``POST /auth/token``; keep and return the access token.

@@ -8,7 +8,9 @@ project's tests check that both give the same numbers):
 * pixel ``(x, y)`` (x = column, y = row, centres at integers) is the rectangle
   ``[x - 0.5, x + 0.5] x [y - 0.5, y + 0.5]`` scaled by ``col_mm`` x ``row_mm``;
 * area: pixel count x ``row_mm`` x ``col_mm``;
-* long axis: the largest distance between two corners of the lesion's convex hull;
+* long axis: the largest distance between two corners of the lesion's convex hull; among the
+  diameters within one pixel diagonal of the longest (pixelation makes them equally long in
+  truth), the one closest in direction to the principal axis of the pixel centres;
 * short axis: over the lines perpendicular to the long axis through every boundary vertex, the
   longest distance between the first and last boundary crossing;
 * orientation: long-axis angle from the rows' direction, counter-clockwise on screen, [0, 180);
@@ -177,8 +179,10 @@ def _label_runs(binary: np.ndarray, eight_connected: bool) -> tuple[np.ndarray, 
             i = parent[i]
         return i
 
+    if len(runs) == 0:
+        return runs, np.zeros(0, dtype=int)
     reach = 1 if eight_connected else 0
-    row_start = np.searchsorted(runs[:, 0], np.arange(binary.shape[0] + 1)) if len(runs) else None
+    row_start = np.searchsorted(runs[:, 0], np.arange(binary.shape[0] + 1))
     for row in range(1, binary.shape[0]):
         above = range(row_start[row - 1], row_start[row])
         here = range(row_start[row], row_start[row + 1])
@@ -208,14 +212,26 @@ def _axes(lesion: np.ndarray, row_mm: float, col_mm: float) -> Axes:
     edges = _boundary_edges(lesion) * scale  # (n, 2 ends, (x, y))
     vertices = np.unique(edges.reshape(-1, 2), axis=0)
 
+    # Pixelation makes several diameters equally long in truth (a blunt tip is a run of pixels):
+    # among those within one pixel diagonal of the longest, take the one closest in direction to
+    # the principal axis of the pixel centres, then the longest, as sonovlm.measure does; of
+    # parallel equals, the one passing closest to the lesion's centre.
     hull = _convex_hull(vertices)
     diff = hull[:, None, :] - hull[None, :, :]
-    dist2 = np.einsum("ijk,ijk->ij", diff, diff)
-    i, j = np.unravel_index(int(np.argmax(dist2)), dist2.shape)
-    a, b = hull[i], hull[j]
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    tolerance = math.hypot(row_mm, col_mm)
+    i_idx, j_idx = np.nonzero(np.triu(dist >= dist.max() - tolerance, k=1))
+    centres = np.stack([xs * col_mm, ys * row_mm], axis=1)
+    principal = np.linalg.eigh(np.cov(centres, rowvar=False) if len(centres) > 1 else np.eye(2))[1][:, -1]
+    directions = diff[i_idx, j_idx] / dist[i_idx, j_idx, None]
+    alignment = np.round(np.abs(directions @ principal), 9)
+    midpoints = (hull[i_idx] + hull[j_idx]) / 2.0
+    off_centre = np.round(np.hypot(*(midpoints - centres.mean(axis=0)).T), 9)
+    best = np.lexsort((off_centre, -dist[i_idx, j_idx], -alignment))[0]
+    a, b = hull[i_idx[best]], hull[j_idx[best]]
     if (a[0], a[1]) > (b[0], b[1]):  # left (then top) end first
         a, b = b, a
-    long_axis = float(math.sqrt(dist2[i, j]))
+    long_axis = float(dist[i_idx[best], j_idx[best]])
     u = (b - a) / long_axis
     v = np.array([-u[1], u[0]])
 
@@ -246,8 +262,8 @@ def _axes(lesion: np.ndarray, row_mm: float, col_mm: float) -> Axes:
     if orientation >= 180.0:
         orientation = 0.0
 
-    def to_pixels(p: np.ndarray) -> Point:
-        return (float(p[0] / col_mm), float(p[1] / row_mm))
+    def to_pixels(p: np.ndarray) -> Point:  # rounded to 1e-6 px: drops floating-point dust
+        return (round(float(p[0] / col_mm), 6), round(float(p[1] / row_mm), 6))
 
     return Axes(
         area=area,
@@ -282,13 +298,17 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     pts = points[np.lexsort((points[:, 1], points[:, 0]))]
     if len(pts) < 3:
         return pts
+    # Points on a hull edge are dropped (as Qhull does): a cross product within rounding of zero
+    # counts as collinear.
+    span = float(np.ptp(pts, axis=0).max()) or 1.0
+    eps = 1e-9 * span * span
 
     def chain(sequence: np.ndarray) -> list:
         out: list = []
         for p in sequence:
             while len(out) >= 2:
                 (ax, ay), (bx, by) = out[-2], out[-1]
-                if (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) > 0:
+                if (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) > eps:
                     break
                 out.pop()
             out.append((float(p[0]), float(p[1])))

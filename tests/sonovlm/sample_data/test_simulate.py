@@ -50,7 +50,9 @@ def test_malignant_breast_mass_is_hypoechoic_and_shadows(seed):
     rows_px = round(4.0 / meta.spacing_mm[0])  # 4 mm band behind the mass
     band = slice(ly1 + 5, min(ly1 + 5 + rows_px, y1))
     core = slice(lx0 + (lx1 - lx0) // 3, lx1 - (lx1 - lx0) // 3)
-    beside = np.concatenate([grey[band, x0 : max(x0 + 1, lx0 - 20)], grey[band, min(x1 - 1, lx1 + 20) : x1]], axis=1)
+    beside = np.concatenate(
+        [grey[band, x0 : max(x0 + 1, lx0 - 20)], grey[band, min(x1 - 1, lx1 + 20) : x1]], axis=1
+    )
     assert beside.size > 1000
     assert beside.mean() - grey[band, core].mean() > 20  # posterior acoustic shadowing
     ring = ndimage.binary_dilation(mask > 0, iterations=15) & ~ndimage.binary_dilation(mask > 0, iterations=5)

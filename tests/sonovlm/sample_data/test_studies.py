@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,9 @@ def test_layout_is_a_monai_label_studies_folder(studies):
         ["cases.csv", "labels"] + [f"sample_{i:03d}.dcm" for i in range(1, COUNT + 1)]
     )
     labelled = {c.id for c in cases if c.labelled}
-    assert sorted(p.name for p in (root / "labels" / "final").iterdir()) == sorted(f"{i}.png" for i in labelled)
+    assert sorted(p.name for p in (root / "labels" / "final").iterdir()) == sorted(
+        f"{i}.png" for i in labelled
+    )
     for case in cases:
         assert "." not in case.id  # MONAI Label's id is the name without its extension
         assert case.image_path == root / f"{case.id}.dcm"
@@ -85,13 +88,21 @@ def test_sonovlm_io_reads_the_spacing_that_was_written(studies):
     root, cases = studies
     for case in cases:
         ds = pydicom.dcmread(case.image_path)
-        written = (ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaY * 10, ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX * 10)
+        written = (
+            ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaY * 10,
+            ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX * 10,
+        )
         image = load_image(case.image_path)
         assert image.spacing_mm == pytest.approx(written)
         (region,) = image.regions
         assert region.clipped is False
         r = ds.SequenceOfUltrasoundRegions[0]
-        assert region.bbox == (r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1 + 1, r.RegionLocationMaxY1 + 1)
+        assert region.bbox == (
+            r.RegionLocationMinX0,
+            r.RegionLocationMinY0,
+            r.RegionLocationMaxX1 + 1,
+            r.RegionLocationMaxY1 + 1,
+        )
 
 
 def test_masks_hold_the_organ_value_inside_the_calibrated_region(studies):
@@ -187,8 +198,24 @@ def test_read_cases_rejects_bad_rows(tmp_path):
 def test_simulate_case_api(studies):
     # simulate_case with the studies' stream for case 0 reproduces its pixels and mask.
     root, cases = studies
-    image, mask, meta = simulate_case(np.random.default_rng([SEED, 0]), "lymph_node", "benign", annotation="SAMPLE_001")
+    image, mask, meta = simulate_case(
+        np.random.default_rng([SEED, 0]), "lymph_node", "benign", annotation="SAMPLE_001"
+    )
     assert np.array_equal(image, pydicom.dcmread(cases[0].image_path).pixel_array)
     assert np.array_equal(mask, load_mask(cases[0].label_path))
     ys, xs = np.nonzero(mask)
     assert meta.lesion_bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_monai_label_local_datastore_sees_images_and_final_labels(studies, tmp_path):
+    from monailabel.datastore.local import LocalDatastore
+
+    root, cases = studies
+    copy = tmp_path / "studies"
+    shutil.copytree(root, copy)  # the datastore writes its index into the folder
+    # The app adds "*.dcm" to MONAI_LABEL_DATASTORE_FILE_EXT (its default lacks it).
+    datastore = LocalDatastore(str(copy), extensions=["*.dcm", "*.png"], auto_reload=False)
+    assert sorted(datastore.list_images()) == [c.id for c in cases]
+    assert sorted(datastore.get_labeled_images()) == [c.id for c in cases if c.labelled]
+    pairs = {Path(d["image"]).name: Path(d["label"]).name for d in datastore.datalist()}
+    assert pairs == {f"{c.id}.dcm": f"{c.id}.png" for c in cases if c.labelled}
