@@ -112,13 +112,13 @@ class StepModule(nn.Module):
         return self.stage.loss(self.model, batch)
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Cosine decay from the base learning rate to 0 over ``total_steps``."""
+def cosine_factor(total_steps: int) -> Callable[[int], float]:
+    """Cosine decay of the learning-rate factor from 1 at step 0 to 0 at ``total_steps``."""
 
     def factor(step: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
 def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
@@ -168,7 +168,9 @@ class Trainer:
                 "--adapter", f"nothing to train in stage {stage.name} (adapter none, head frozen)"
             )
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        self.scheduler = cosine_schedule(self.optimizer, settings.epochs * max(steps_per_epoch, 1))
+        total_steps = settings.epochs * max(steps_per_epoch, 1)
+        self.lr_factor = cosine_factor(total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         step = StepModule(model, stage)
         if info.distributed:
@@ -226,6 +228,9 @@ class Trainer:
         )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the schedule follows this run's --epochs (a resumed run may have been given more)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * self.lr_factor(self.scheduler.last_epoch)
         self.scaler.load_state_dict(state["scaler"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.bad_epochs = state["bad_epochs"]

@@ -76,7 +76,10 @@ def model_card(metrics: dict, run_info: dict, checkpoint: Path) -> str:
     lines = [
         f"# SonoVLM model card: {meta['version']}",
         "",
-        f"- checkpoint: `{checkpoint.name}` (load with `--conf weights {checkpoint.name}` or `--weights`)",
+        f"- checkpoint: `{checkpoint.name}`; serve it with `.venv/bin/python -m monailabel.main start_server "
+        f"--app monailabel_app --studies DIR --conf backbone {metrics['backbone']} --conf weights "
+        f"{checkpoint.name} --host 127.0.0.1` (or `sonovlm segment/classify --backbone {metrics['backbone']} "
+        f"--weights {checkpoint.name}`)",
         f"- backbone: `{metrics['backbone']}`"
         + (" **(untrained preset: random weights)**" if untrained else ""),
         f"- adapter: `{metrics['adapter']}`; trained in stage `{metrics['stage']}`"

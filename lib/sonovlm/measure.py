@@ -262,7 +262,7 @@ def _axes_geometry(lesion: np.ndarray, row_mm: float, col_mm: float) -> AxesGeom
     hull_points = vertices[ConvexHull(vertices).vertices]
     diff = hull_points[:, None, :] - hull_points[None, :, :]
     dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    tolerance = 1.0 * math.hypot(row_mm, col_mm)
+    tolerance = math.hypot(row_mm, col_mm)
     i_idx, j_idx = np.nonzero(np.triu(dist >= dist.max() - tolerance, k=1))
     centres = np.stack([xs * col_mm, ys * row_mm], axis=1)
     principal = np.linalg.eigh(np.cov(centres, rowvar=False) if len(centres) > 1 else np.eye(2))[1][:, -1]

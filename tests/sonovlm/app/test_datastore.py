@@ -88,7 +88,6 @@ def test_slicer_one_slice_labels(store, studies, tmp_path, writer):
         ((ROWS, COLS + 1), {"organ": "lymph_node"}, 422, "does not match"),
         ((COLS, ROWS), {"organ": "lymph_node"}, 422, "does not match"),
         ((ROWS, COLS), {"organ": "liver"}, 422, "unknown organ"),
-        ((ROWS, COLS), {}, 422, "no organ recorded"),
         ((ROWS, COLS), {"organ": "lymph_node", "pathology": "suspicious"}, 422, "unknown pathology"),
         ((ROWS, COLS), {"organ": "lymph_node", "frame": 3}, 422, "out of range"),
         (None, {"organ": "lymph_node"}, 422, "no lesion"),
@@ -105,6 +104,13 @@ def test_bad_labels_change_nothing(store, studies, tmp_path, shape, params, stat
     assert index_bytes(studies) == before_index
     assert (studies / "labels" / "final" / "case_2.png").read_bytes() == before_label
     assert not (studies / ".sonovlm" / "label_history").exists()
+
+
+def test_organ_needed_when_none_recorded(store, studies, tmp_path):
+    with pytest.raises(HTTPException, match="no organ recorded") as caught:
+        store.save_label("still", save_png(tmp_path / "l.png", l_shape()), "final", {})
+    assert caught.value.status_code == 422
+    assert store.get_labeled_images() == []
 
 
 def test_not_a_mask_file(store, tmp_path):
