@@ -34,6 +34,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "monailabel_app"
 
@@ -200,3 +202,19 @@ def wait_until_ready(server: RunningServer, timeout: float = START_TIMEOUT_S) ->
             pass
         time.sleep(0.5)
     raise RuntimeError(f"server did not answer /info/ within {timeout:.0f} s:\n{server.log(60)}")
+
+
+@pytest.fixture(scope="session")
+def sonovlm_server(tmp_path_factory) -> RunningServer:
+    """One server for a whole test session: ``tiny`` backbone on four sample studies.
+
+    Tests that change its state (labels, training) should start their own with
+    :func:`start_server` instead. Import it into a ``conftest.py`` to use it::
+
+        from tests.server_fixture import sonovlm_server  # noqa: F401
+    """
+    root = tmp_path_factory.mktemp("sonovlm-session-server")
+    studies = make_studies(root / "studies", count=4)
+    server = start_server(studies, {"backbone": "tiny", "scoring_delay_s": "0"}, work_dir=root / "work")
+    yield server
+    server.stop()

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--near-duplicate-bits",
         type=int,
-        default=4,
+        default=6,
         help="near-duplicate threshold on the 256-bit dHash (-1: exact copies only)",
     )
     prepare.add_argument("--name", help="generic: dataset name")

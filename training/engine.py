@@ -177,7 +177,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [info.device.index] if info.device.type == "cuda" else None
-            step = DistributedDataParallel(step, device_ids=device_ids)
+            # Adapters in blocks after the deepest level the segmentation head reads get no gradient
+            # from the segmentation loss, so unused parameters are expected.
+            step = DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True)
         self.step_module = step
         self.history: list[dict] = []
         self.best_value: float | None = None
@@ -286,7 +288,7 @@ class Trainer:
             if self.info.is_main and hasattr(bar, "set_postfix"):
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(
-                    loss=f"{float(loss):.4f}", img_s=f"{total_images * self.info.world_size / elapsed:.1f}"
+                    loss=f"{loss_value:.4f}", img_s=f"{total_images * self.info.world_size / elapsed:.1f}"
                 )
         elapsed = time.perf_counter() - start
         loss_sum, images_sum, seconds_sum = all_reduce_sum(

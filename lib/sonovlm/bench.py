@@ -9,7 +9,8 @@ one machine:
   ``none``, ``lora`` (unmerged and merged), ``mona`` and ``hybrid``.
 
 Each line gives the median of ``--repeats`` timed runs after ``--warmup`` untimed ones, and the
-ratio to ``bare``. The configurations are timed in interleaved rounds, so a load change on the
+ratio to ``bare``; also the matmul/convolution FLOPs torch counts and their ratio, which do not
+depend on how busy the machine is. The configurations are timed in interleaved rounds, so a load change on the
 machine hits them alike. Targets: ``seg[lora merged]`` <= 1.15 x bare, ``seg[mona]`` <= 1.3 x bare.
 A benchmark, not a test: it prints figures and exits 0.
 """
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 #: Ratio targets to the bare forward.
 TARGETS = {"seg[lora merged]": 1.15, "seg[mona]": 1.3}
@@ -41,7 +43,8 @@ def _models(backbone: str) -> dict[str, object]:
         ("mona", "mona", False),
         ("hybrid", "hybrid", False),
     ):
-        model = SonoVLM(ModelConfig(backbone=backbone, adapter=AdapterConfig(kind=kind)), encode_prompts=False)
+        config = ModelConfig(backbone=backbone, adapter=AdapterConfig(kind=kind))
+        model = SonoVLM(config, encode_prompts=False)  # timing does not depend on the prompt texts
         if merged:
             model.merge_adapter()
         models[label] = model.eval()
@@ -69,8 +72,13 @@ def run_benchmark(
         "bare": lambda: reference.clip.vision_model(pixel_values=pixel_values),
         **{f"seg[{label}]": segmentation(model) for label, model in models.items()},
     }
+    flops: dict[str, int] = {}
     timings: dict[str, list[float]] = {name: [] for name in cases}
     with torch.inference_mode():
+        for name, run in cases.items():  # the first call is also the first warm-up
+            with FlopCounterMode(display=False) as counter:
+                run()
+            flops[name] = counter.get_total_flops()
         for _ in range(warmup):
             for run in cases.values():
                 run()
@@ -94,6 +102,8 @@ def run_benchmark(
         "build_s": round(build_s, 1),
         "ms": {name: round(value, 2) for name, value in medians.items()},
         "ratio": {name: round(value / bare, 3) for name, value in medians.items()},
+        "gflops": {name: round(value / 1e9, 3) for name, value in flops.items()},
+        "flop_ratio": {name: round(value / flops["bare"], 4) for name, value in flops.items()},
         "targets": TARGETS,
     }
 
@@ -103,13 +113,17 @@ def format_report(result: dict) -> str:
         f"SonoVLM forward latency: {result['backbone']} (untrained preset), batch {result['batch']}, "
         f"{result['image_size']} px, torch {result['torch']}, {result['torch_threads']} thread(s), "
         f"median of {result['repeats']} after {result['warmup']} warm-up",
-        f"{'forward':<22}{'ms':>10}{'x bare':>10}  target",
+        f"{'forward':<20}{'ms':>10}{'x bare':>9}{'GFLOP':>9}{'x bare':>9}  target (time)",
     ]
     for name, ms in result["ms"].items():
         ratio = result["ratio"][name]
         target = TARGETS.get(name)
         verdict = f"<= {target} {'ok' if ratio <= target else 'MISSED'}" if target else ""
-        lines.append(f"{name:<22}{ms:>10.1f}{ratio:>10.3f}  {verdict}")
+        lines.append(
+            f"{name:<20}{ms:>10.1f}{ratio:>9.3f}{result['gflops'][name]:>9.2f}"
+            f"{result['flop_ratio'][name]:>9.3f}  {verdict}"
+        )
+    lines.append("GFLOP: matmul/convolution FLOPs counted by torch (elementwise work not included).")
     return "\n".join(lines)
 
 

@@ -268,7 +268,11 @@ def _axes_geometry(lesion: np.ndarray, row_mm: float, col_mm: float) -> AxesGeom
     principal = np.linalg.eigh(np.cov(centres, rowvar=False) if len(centres) > 1 else np.eye(2))[1][:, -1]
     directions = diff[i_idx, j_idx] / dist[i_idx, j_idx, None]
     alignment = np.round(np.abs(directions @ principal), 9)
-    best = np.lexsort((-dist[i_idx, j_idx], -alignment))[0]  # most aligned, then longest
+    # Parallel diameters can tie on both; the one through the lesion's centre wins, so the result
+    # does not depend on the order of scipy's hull vertices.
+    midpoints = (hull_points[i_idx] + hull_points[j_idx]) / 2.0
+    off_centre = np.round(np.hypot(*(midpoints - centres.mean(axis=0)).T), 9)
+    best = np.lexsort((off_centre, -dist[i_idx, j_idx], -alignment))[0]  # most aligned, longest, central
     a, b = hull_points[i_idx[best]], hull_points[j_idx[best]]
     if (a[0], a[1]) > (b[0], b[1]):  # a canonical order: left (then top) end first
         a, b = b, a

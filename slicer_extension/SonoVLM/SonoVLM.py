@@ -123,20 +123,22 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         url = self.ui.serverUrlLineEdit.text.strip() or DEFAULT_SERVER_URL
         qt.QSettings().setValue(SERVER_URL_SETTING, url)
         with self._busy("Connecting"):
-            self.logic = SonoVLMLogic(
+            logic = SonoVLMLogic(
                 url,
                 token=slicer.util.settingsValue(TOKEN_SETTING, "") or None,
                 client_id=slicer.util.settingsValue(CLIENT_ID_SETTING, "") or getpass.getuser(),
             )
-            if self.logic.client.auth_enabled() and not self.logic.client.token:
-                self._login()
-            summary = self.logic.connect()
+            if logic.client.auth_enabled() and not logic.client.token:
+                self._login(logic.client)
+            summary = logic.connect()
+            self.logic = logic
             self._fillCombo(self.ui.strategyComboBox, summary.strategies)
             self._fillCombo(self.ui.trainModelComboBox, summary.trainers)
             self._fillOrgans(summary.organs)
             self.ui.serverInfoLabel.text = summary.text()
             self._setStatus(f"Connected to {url}")
-        self.onTrainingTimer()
+        if self.logic is not None:
+            self.onTrainingTimer()
 
     def onNextSample(self, confirm=True):
         if self.logic is None:
@@ -277,7 +279,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SonoVLMClientError as error:
             qt.QApplication.restoreOverrideCursor()
             cursor_set = False
-            if error.status in (401, 403) and self._login():
+            if error.status in (401, 403) and self.logic is not None and self._login(self.logic.client):
                 self._setStatus(f"{action}: logged in, please try again.")
             else:
                 self._fail(action, f"the server answered: {error}", traceback.format_exc())
@@ -295,8 +297,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setStatus(f"{action} failed: {message}")
         slicer.util.errorDisplay(f"{action} failed:\n{message}", detailedText=details)
 
-    def _login(self):
-        """Ask for a user name and password and log in (MONAI Label's /auth/token)."""
+    def _login(self, client):
+        """Ask for a user name and password and log ``client`` in (MONAI Label's /auth/token)."""
         username = qt.QInputDialog.getText(
             slicer.util.mainWindow(), "SonoVLM login", "User name:", qt.QLineEdit.Normal, getpass.getuser()
         )
@@ -306,7 +308,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.mainWindow(), "SonoVLM login", "Password:", qt.QLineEdit.Password
         )
         try:
-            return bool(self.logic.client.login(username, password or ""))
+            return bool(client.login(username, password or ""))
         except SonoVLMClientError as error:
             self._setStatus(f"Login failed: {error}")
             return False
@@ -324,6 +326,9 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor = self.ui.segmentEditorWidget
         editor.setSegmentationNode(case.segmentation)
         editor.setSourceVolumeNode(case.volume)
+        if case.browser is not None:  # the frame slider of the Sequences toolbar drives the cine
+            slicer.modules.sequences.setToolBarActiveBrowserNode(case.browser)
+            slicer.modules.sequences.showSequenceBrowser(case.browser)
         self.addObserver(case.segmentation, slicer.vtkSegmentation.SegmentModified, self.onSegmentModified)
         self.ui.classificationLabel.text = ""
         self._showMeasurements(None)

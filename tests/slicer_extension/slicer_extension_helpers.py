@@ -6,6 +6,9 @@ Imported by the tests as ``slicer_extension_helpers`` (conftest.py puts this fol
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,20 @@ def asymmetric_lesion(rows: int, cols: int) -> np.ndarray:
     ellipse = (u / (cols * 0.22)) ** 2 + (v / (rows * 0.12)) ** 2 <= 1.0
     lobe = (xx - (cx + cols * 0.18)) ** 2 + (yy - (cy + rows * 0.12)) ** 2 <= (min(rows, cols) * 0.07) ** 2
     return ellipse | lobe
+
+
+def other_pythons() -> list[str]:
+    """Python 3.9 (Slicer 5.8), 3.12 (Slicer 5.10) and 3.13 (no cgi) interpreters found here."""
+    found = []
+    for version in ("3.9", "3.12", "3.13"):
+        candidates = [shutil.which(f"python{version}")]
+        pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+        candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
+        for candidate in filter(None, candidates):
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+            )
+            if probe.returncode == 0 and f"({version.replace('.', ', ')})" in probe.stdout:
+                found.append(candidate)
+                break
+    return found

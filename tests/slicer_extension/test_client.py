@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_extension_helpers import asymmetric_lesion, write_us_dicom
+from slicer_extension_helpers import asymmetric_lesion, other_pythons, write_us_dicom
 from SonoVLMLib.client import SonoVLMClient, SonoVLMClientError
 from SonoVLMLib.replies import classification_summary, server_summary
 
@@ -226,23 +225,6 @@ def test_training_starts_in_the_background_reports_and_stops(client):
 # ------------------------------------------------------------------------------- other Pythons
 
 
-def _interpreters() -> list[str]:
-    """Python 3.9 (Slicer 5.8), 3.12 (Slicer 5.10) and 3.13 (no cgi) interpreters found here."""
-    found = []
-    for version in ("3.9", "3.12", "3.13"):
-        candidates = [shutil.which(f"python{version}")]
-        pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-        candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
-        for candidate in filter(None, candidates):
-            probe = subprocess.run(
-                [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
-            )
-            if probe.returncode == 0 and f"({version.replace('.', ', ')})" in probe.stdout:
-                found.append(candidate)
-                break
-    return found
-
-
 SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -267,7 +249,7 @@ print(json.dumps({"organs": summary.organs, "mask_bytes": mask_bytes, "organ": r
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "python", _interpreters() or [pytest.param(None, marks=pytest.mark.skip("no Python 3.9/3.12/3.13 here"))]
+    "python", other_pythons() or [pytest.param(None, marks=pytest.mark.skip("no Python 3.9/3.12/3.13 here"))]
 )
 def test_client_runs_on_slicers_pythons_without_third_party_packages(python, sonovlm_server, tmp_path):
     image_id = unlabelled_ids(sonovlm_server)[0]
@@ -305,6 +287,11 @@ class _Scripted(BaseHTTPRequestHandler):
             "/crash": (500, "text/plain", "Internal Server Error"),
             "/notjson": (200, "text/html", "<html>proxy login</html>"),
             "/info/": (200, "application/json", json.dumps({"name": "scripted"})),
+            "/infer/segmentation": (
+                200,
+                "application/json",
+                json.dumps({"organ": "lymph_node", "mask": None}),
+            ),
         }
         if self.path.startswith("/slow"):
             time.sleep(1.5)
@@ -347,6 +334,11 @@ def test_error_replies_become_one_exception_type(scripted_server, path, status, 
         client._json("GET", path)
     assert raised.value.status == status and message in raised.value.message
     assert str(status) in str(raised.value)
+
+
+def test_segment_reply_without_a_mask_gives_none_and_the_json(scripted_server):
+    mask_path, result = SonoVLMClient(scripted_server, timeout=5).segment(image_id="x", organ="lymph_node")
+    assert mask_path is None and result == {"organ": "lymph_node", "mask": None}
 
 
 def test_bearer_token_is_sent_when_set(scripted_server):

@@ -139,3 +139,28 @@ def test_label_params_send_pathology_only_when_known():
     assert label_params("lymph_node", None, frame=2) == {"organ": "lymph_node", "frame": 2}
     with pytest.raises(ValueError, match="pathology"):
         label_params("lymph_node", "suspicious")
+
+
+def test_training_progress_from_the_sonovlm_apps_stats():
+    """The app writes per-epoch records, ``max_epochs`` and its publish decision."""
+    now = time.time()
+    task = _task("DONE", now)
+    task["request"]["model"] = "classification"
+    stats = {
+        "task": "classification",
+        "start_ts": int(now + 2),
+        "epoch": 3,
+        "max_epochs": 3,
+        "key_metric": "val_acc",
+        "best_metric": 0.75,
+        "epochs": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 3, "val_acc": 0.75, "val_auc": 0.8125}],
+        "state": "done",
+        "publish": {"published": False, "reason": "val_acc 0.7500 does not beat the served model's 0.8000"},
+    }
+    progress = training_progress(task, {"classification": stats})
+    assert (progress.epoch, progress.total_epochs, progress.percent) == (3, 3, 100)
+    assert progress.metric == "accuracy 0.750, AUC 0.812"
+    assert progress.note.startswith("not published: val_acc 0.7500")
+    assert progress.text().splitlines()[1] == progress.note
+    stats["publish"] = {"published": True, "version": "v2", "reason": "first trained model"}
+    assert training_progress(task, {"classification": stats}).note == "published v2: first trained model"

@@ -257,3 +257,24 @@ def test_volume_already_in_the_scene_is_used_as_is(slicer_scene):
     uncalibrated = slicer_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "png")
     slicer.util.updateVolumeFromArray(uncalibrated, speckle())
     assert logic.case_from_volume(uncalibrated).spacing_mm is None
+
+
+def test_nrrd_image_keeps_its_spacing_and_orientation(slicer_scene, tmp_path):
+    """A non-DICOM image: Slicer's reader gives the pixels and the file's physical spacing."""
+    pixels = speckle(seed=5)
+    write_server_nrrd(tmp_path / "image.nrrd", pixels[0], spacing=(0.3, 0.15))
+    case = UltrasoundSceneLogic(slicer_scene).load_image(str(tmp_path / "image.nrrd"), image_id="image")
+    assert case.spacing_mm == pytest.approx((0.3, 0.15))
+    assert np.array_equal(slicer.util.arrayFromVolume(case.volume)[0], pixels[0])
+
+
+def test_colour_channels_of_image_files_are_read_from_their_headers(tmp_path):
+    from PIL import Image
+    from SonoVLMLib.scene import _file_components
+
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "rgb.jpg")
+    assert _file_components(str(tmp_path / "rgb.png")) == 3
+    assert _file_components(str(tmp_path / "grey.png")) == 1
+    assert _file_components(str(tmp_path / "rgb.jpg")) == 3

@@ -8,12 +8,14 @@ import ast
 import io
 import json
 import re
+import subprocess
 import sys
 import tokenize
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+from slicer_extension_helpers import other_pythons
 
 EXTENSION = Path(__file__).resolve().parents[2] / "slicer_extension"
 MODULE = EXTENSION / "SonoVLM"
@@ -341,3 +343,19 @@ def test_icon_is_a_128_pixel_png():
 
     with Image.open(MODULE / "Resources" / "Icons" / "SonoVLM.png") as icon:
         assert icon.format == "PNG" and icon.size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    "python", other_pythons() or [pytest.param(None, marks=pytest.mark.skip("no Python 3.9/3.12/3.13 here"))]
+)
+def test_module_files_compile_on_slicers_pythons(python, tmp_path):
+    """The real interpreters, where this machine has them (3.9 = Slicer 5.8, 3.12 = Slicer 5.10)."""
+    script = (
+        "import py_compile, sys\n"
+        "for path in sys.argv[2:]:\n"
+        "    py_compile.compile(path, cfile=sys.argv[1] + '/x.pyc', doraise=True)\n"
+    )
+    run = subprocess.run(
+        [python, "-I", "-c", script, str(tmp_path), *map(str, PYTHON_FILES)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr

@@ -49,7 +49,7 @@ def difference_hash(grey: np.ndarray, size: int = DHASH_SIZE) -> np.ndarray:
 
 
 def find_duplicates(
-    images: Mapping[str, str | os.PathLike], max_hamming_bits: int | None = 4
+    images: Mapping[str, str | os.PathLike], max_hamming_bits: int | None = 6
 ) -> list[list[str]]:
     """Groups of names whose images are the same picture.
 

@@ -83,6 +83,8 @@ class ImageCache:
         with self._lock:
             if key in self._entries:
                 return
+            for stale in [k for k in self._entries if k[0] == key[0]]:  # the file changed
+                self._bytes -= self._entries.pop(stale)[1]
             self._entries[key] = (image, size)
             self._bytes += size
             while len(self._entries) > self.max_items or self._bytes > self.max_bytes:

@@ -210,7 +210,10 @@ def build_multiframe_seg(
     ds.DimensionIndexSequence = Sequence(
         [
             _dimension_index(
-                organization_uid, _REFERENCED_SEGMENT_NUMBER, _SEGMENT_IDENTIFICATION_SEQUENCE, "Segment Number"
+                organization_uid,
+                _REFERENCED_SEGMENT_NUMBER,
+                _SEGMENT_IDENTIFICATION_SEQUENCE,
+                "Segment Number",
             ),
             _dimension_index(
                 organization_uid, _TEMPORAL_POSITION_INDEX, _FRAME_CONTENT_SEQUENCE, "Source Frame Number"

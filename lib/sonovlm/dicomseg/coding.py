@@ -3,23 +3,18 @@
 Every code comes from the DICOM context groups shipped with pydicom (``pydicom.sr.codedict``), so
 it is a concept the standard lists for that attribute, not one typed in by hand:
 
-==================  ==============================================  =========================  ==================
-organ               Segmented Property Category (CID 7150)          Segmented Property Type    Anatomic Region
-==================  ==============================================  =========================  ==================
-``lymph_node``      SCT 123037004 Anatomical Structure              SCT 59441001 Lymph node    (none: the type is
-                                                                    (CID 7166 / 7192)          the structure)
-``breast_lesion``   SCT 49755003 Morphologically Abnormal Structure SCT 4147007 Mass           SCT 76752008 Breast
-                                                                    (CID 7159)                 (CID 4)
-``thyroid_nodule``  SCT 49755003 Morphologically Abnormal Structure SCT 27925004 Nodule        SCT 69748006 Thyroid
-                                                                    (CID 7159)                 (CID 4)
-==================  ==============================================  =========================  ==================
+* ``lymph_node``: category SCT 123037004 "Anatomical Structure" (CID 7150), type SCT 59441001
+  "Lymph node" (CID 7166 / 7192), no anatomic region (the type is the structure).
+* ``breast_lesion``: category SCT 49755003 "Morphologically Abnormal Structure", type SCT 4147007
+  "Mass" (CID 7159), anatomic region SCT 76752008 "Breast" (CID 4).
+* ``thyroid_nodule``: category SCT 49755003 "Morphologically Abnormal Structure", type SCT 27925004
+  "Nodule" (CID 7159), anatomic region SCT 69748006 "Thyroid" (CID 4).
 
-The lesion types are post-coordinated (lesion type + Anatomic Region Sequence of the segment), the
-way PS3.3 C.8.20.4 and CID 7159 "Lesion Segmentation Types" intend: "mass of breast" and "nodule of
-thyroid". Pre-coordinated disorder concepts such as SCT 237495005 "Thyroid nodule (disorder)" are
-findings, not segmentable morphologies, and are in no segmentation context group, so they are not
-used. A lymph node is coded as the anatomical structure it is; whether it is abnormal is its
-pathology.
+The lesion types are post-coordinated (a CID 7159 "Lesion Segmentation Types" concept plus the
+segment's Anatomic Region Sequence): "mass of breast" and "nodule of thyroid". Pre-coordinated
+disorder concepts such as SCT 237495005 "Thyroid nodule (disorder)" are findings, not segmentable
+morphologies, and are in no segmentation context group, so they are not used. A lymph node is
+coded as the anatomical structure it is; whether it is abnormal is its pathology.
 
 **Findings** (pathology and measurements) go into the segment's Segment Description (0062,0006, VR
 ST, up to 1024 characters) as ``key=value`` pairs separated by ``"; "``, for example
@@ -160,7 +155,9 @@ def format_findings(pathology: str | None, measurements: Mapping[str, Any] | Non
     parts: list[str] = []
     if pathology is not None:
         if pathology not in PATHOLOGIES:
-            raise SonoInputError("pathology", f"unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})")
+            raise SonoInputError(
+                "pathology", f"unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})"
+            )
         parts.append(f"pathology={pathology}")
     for key in MEASUREMENT_KEYS:
         text = _format_value((measurements or {}).get(key))

@@ -12,6 +12,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -72,11 +73,12 @@ class SegLabel:
 def _as_dataset(seg: Dataset | bytes | str | os.PathLike) -> Dataset:
     if isinstance(seg, Dataset):
         return seg
-    source = "DICOM SEG" if isinstance(seg, bytes) else os.fspath(seg)
+    raw = isinstance(seg, bytes | bytearray | memoryview)
+    source = "DICOM SEG" if raw else os.fspath(seg)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dcmread(io.BytesIO(seg) if isinstance(seg, bytes) else source)
+            return dcmread(io.BytesIO(bytes(seg)) if raw else source)
     except (InvalidDicomError, OSError, ValueError, NotImplementedError) as exc:
         raise SonoInputError(source, f"not a readable DICOM file ({exc})") from exc
 
@@ -105,6 +107,60 @@ def _referenced_frames(dataset: Dataset) -> tuple[str, str, dict[int, list[int]]
     return sop_class, sop_instance, frames
 
 
+def _coded(item: Dataset, keyword: str) -> list[Any]:
+    return list(item.get(keyword, []))
+
+
+def _segment_organ(segment: Dataset) -> str | None:
+    types = _coded(segment, "SegmentedPropertyTypeCodeSequence")
+    if not types:
+        return None
+    regions = _coded(segment, "AnatomicRegionSequence")
+    # Before 2018 the region sat inside the type item (SegmentedPropertyTypeModifierCodeSequence).
+    regions += _coded(types[0], "SegmentedPropertyTypeModifierCodeSequence")
+    return organ_from_codes(_CodeView(types[0]), [_CodeView(r) for r in regions])
+
+
+class _CodeView:
+    """``value`` / ``scheme_designator`` of a code sequence item, for :func:`organ_from_codes`."""
+
+    def __init__(self, item: Dataset) -> None:
+        self.value = str(item.get("CodeValue", ""))
+        self.scheme_designator = str(item.get("CodingSchemeDesignator", ""))
+
+
+def read_dicom_seg_header(dataset: Dataset) -> dict[str, Any]:
+    """What a SEG labels, from its header alone (a WADO-RS metadata response is enough).
+
+    Returns a dict: ``source`` (SOP Instance UID), ``organ``, ``pathology``, ``measurements``,
+    ``frames`` (annotated source frames, 0-based), ``automatic``, ``creator`` and
+    ``content_datetime`` (see :class:`SegLabel`). Raises :class:`SonoInputError` for a header
+    that is not a SEG of one source instance.
+    """
+    if str(dataset.get("SOPClassUID", "")) != SEGMENTATION_STORAGE and dataset.get("Modality") != "SEG":
+        raise SonoInputError("DICOM SEG", "not a Segmentation")
+    _, source_uid, frame_refs = _referenced_frames(dataset)
+    segments = list(dataset.get("SegmentSequence", []))
+    if not segments:
+        raise SonoInputError("DICOM SEG", "has no segment")
+    organs = [_segment_organ(s) for s in segments]
+    known = [i for i, organ in enumerate(organs) if organ is not None]
+    first = segments[known[0] if known else 0]
+    pathology, measurements = parse_findings(first.get("SegmentDescription"))
+    frames = sorted({n - 1 for numbers in frame_refs.values() for n in numbers}) or [0]
+    creator = dataset.get("ContentCreatorName")
+    return {
+        "source": source_uid,
+        "organ": organs[known[0]] if known else None,
+        "pathology": pathology,
+        "measurements": measurements,
+        "frames": frames,
+        "automatic": str(first.get("SegmentAlgorithmType", "")).upper() == "AUTOMATIC",
+        "creator": str(creator).rstrip("^") if creator else None,
+        "content_datetime": f"{dataset.get('ContentDate', '')}{dataset.get('ContentTime', '')}",
+    }
+
+
 def read_dicom_seg(seg: Dataset | bytes | str | os.PathLike) -> SegLabel:
     """Read a SEG (a dataset, the bytes of a file, or a path) as a :class:`SegLabel`.
 
@@ -115,14 +171,19 @@ def read_dicom_seg(seg: Dataset | bytes | str | os.PathLike) -> SegLabel:
 
     dataset = _as_dataset(seg)
     if str(dataset.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
-        raise SonoInputError("DICOM SEG", f"not a Segmentation (SOP class {dataset.get('SOPClassUID', 'none')})")
+        raise SonoInputError(
+            "DICOM SEG", f"not a Segmentation (SOP class {dataset.get('SOPClassUID', 'none')})"
+        )
     _, source_uid, frame_refs = _referenced_frames(dataset)
     try:
-        parsed = hd.seg.Segmentation.from_dataset(dataset, copy=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # they may quote the patient's name
+            parsed = hd.seg.Segmentation.from_dataset(dataset, copy=False)
         segments = list(parsed.segment_numbers)
         descriptions = {n: parsed.get_segment_description(n) for n in segments}
         organs = {
-            n: organ_from_codes(d.segmented_property_type, list(d.anatomic_regions)) for n, d in descriptions.items()
+            n: organ_from_codes(d.segmented_property_type, list(d.anatomic_regions))
+            for n, d in descriptions.items()
         }
         known = [n for n in segments if organs[n] is not None]
         organ = organs[known[0]] if known else None

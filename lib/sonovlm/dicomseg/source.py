@@ -34,6 +34,8 @@ COPIED_TYPE2 = (
     "ReferringPhysicianName",
 )
 
+PIXEL_DATA = 0x7FE00010
+
 #: What a source must have to be referenced at all.
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
 
@@ -53,7 +55,9 @@ def read_source(source: Dataset | str | os.PathLike) -> Dataset:
                 warnings.simplefilter("ignore")
                 dataset = dcmread(name, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, NotImplementedError) as exc:
-            raise SonoInputError(name, f"not a readable DICOM file, so no DICOM SEG can reference it ({exc})") from exc
+            raise SonoInputError(
+                name, f"not a readable DICOM file, so no DICOM SEG can reference it ({exc})"
+            ) from exc
     missing = [k for k in REQUIRED if not dataset.get(k)]
     if missing:
         raise SonoInputError(name, f"a DICOM SEG needs its source's {', '.join(missing)}, which it lacks")
@@ -82,9 +86,25 @@ def _fixed_tm(value: str) -> str | None:
     return text if _STRICT_TM.fullmatch(text) else None
 
 
+def _copy_header(dataset: Dataset) -> Dataset:
+    """A copy whose elements are independent of ``dataset``'s (pixel data shared, never changed).
+
+    ``copy.copy`` of a pydicom dataset shares its element objects: setting a value on the copy
+    would change the original.
+    """
+    ready = Dataset()
+    for element in dataset:
+        ready.add(element if element.tag == PIXEL_DATA else copy.deepcopy(element))
+    if hasattr(dataset, "file_meta"):
+        ready.file_meta = copy.deepcopy(dataset.file_meta)
+    ready.is_little_endian = dataset.is_little_endian
+    ready.is_implicit_VR = dataset.is_implicit_VR
+    return ready
+
+
 def seg_ready_source(dataset: Dataset) -> Dataset:
     """A shallow copy of ``dataset`` whose copied type 2 attributes highdicom and pydicom accept."""
-    ready = copy.copy(dataset)
+    ready = _copy_header(dataset)
     for keyword in COPIED_TYPE2:
         if keyword not in ready:
             setattr(ready, keyword, None)

@@ -16,6 +16,7 @@ Algorithm Identification naming SonoVLM and the model version.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,9 @@ def _frame_masks(
     for index, array in sorted(items.items()):
         index = int(index)
         if not 0 <= index < n_frames:
-            raise SonoInputError("frame", f"frame {index} is out of range: the source has {n_frames} frame(s)")
+            raise SonoInputError(
+                "frame", f"frame {index} is out of range: the source has {n_frames} frame(s)"
+            )
         array = np.asarray(array)
         if array.shape != shape:
             raise SonoInputError(
@@ -183,25 +186,29 @@ def _highdicom_seg(source: Dataset, mask: np.ndarray, content: SegmentContent, s
     if content.findings:
         segment.SegmentDescription = content.findings
     try:
-        seg = hd.seg.Segmentation(
-            source_images=[source],
-            pixel_array=mask.astype(np.uint8),
-            segmentation_type=SegmentationTypeValues.BINARY,
-            segment_descriptions=[segment],
-            series_instance_uid=generate_uid(),
-            series_number=series_number,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=MANUFACTURER,
-            software_versions=__version__,
-            device_serial_number="0",
-            content_label=content.content_label,
-            content_description=content.content_description,
-            content_creator_name=content.creator_pn,
-            series_description=f"SonoVLM {content.content_description}"[:64],
-            omit_empty_frames=False,
-        )
+        with warnings.catch_warnings():
+            # highdicom warns about odd person names quoting them: the patient's name must not
+            # reach a log. Nothing else it warns about changes the object.
+            warnings.simplefilter("ignore", UserWarning)
+            seg = hd.seg.Segmentation(
+                source_images=[source],
+                pixel_array=mask.astype(np.uint8),
+                segmentation_type=SegmentationTypeValues.BINARY,
+                segment_descriptions=[segment],
+                series_instance_uid=generate_uid(),
+                series_number=series_number,
+                sop_instance_uid=generate_uid(),
+                instance_number=1,
+                manufacturer=MANUFACTURER,
+                manufacturer_model_name=MANUFACTURER,
+                software_versions=__version__,
+                device_serial_number="0",
+                content_label=content.content_label,
+                content_description=content.content_description,
+                content_creator_name=content.creator_pn,
+                series_description=f"SonoVLM {content.content_description}"[:64],
+                omit_empty_frames=False,
+            )
     except (ValueError, TypeError, AttributeError) as exc:
         raise SonoInputError("source image", f"highdicom cannot make a SEG for it: {exc}") from exc
     # General Image, type 2C: required without a Frame of Reference; highdicom 0.22 leaves it out.

@@ -184,7 +184,8 @@ def build_preset(name: str, seed: int = PRESET_SEED) -> Backbone:
         torch.manual_seed(seed)
         clip = CLIPModel(config)
     clip.eval()
-    info = {"name": name, "untrained": True, "source": "preset", "seed": seed, **geometry_info(clip)}
+    info = {"name": name, "untrained": True, "source": "preset", "seed": seed, "tokenizer": "clip"}
+    info.update(geometry_info(clip))
     return Backbone(clip=clip, info=info)
 
 
@@ -226,6 +227,7 @@ def _load_local(path: Path) -> Backbone:
     clip = _from_pretrained(str(path), where=str(path), local_files_only=True, cache_dir=None)
     mean, std = _normalisation(json_path=path / "preprocessor_config.json")
     info = {"name": str(path), "untrained": False, "source": "local", "path": str(path.resolve())}
+    info["tokenizer"] = _tokenizer_source(path, clip, str(path))
     return Backbone(clip=clip, info={**info, **geometry_info(clip)}, image_mean=mean, image_std=std)
 
 
@@ -275,8 +277,38 @@ def _load_hub(repo_id: str) -> Backbone:
     )
     preprocessor = try_to_load_from_cache(repo_id, "preprocessor_config.json", cache_dir=cache_dir)
     mean, std = _normalisation(json_path=Path(preprocessor) if isinstance(preprocessor, str) else None)
-    info = {"name": repo_id, "untrained": False, "source": "hub", "cache_dir": cache_dir}
+    info: dict[str, Any] = {"name": repo_id, "untrained": False, "source": "hub", "cache_dir": cache_dir}
+    config_file = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    if isinstance(config_file, str):
+        snapshot = Path(config_file).parent
+        info["path"] = str(snapshot)
+        info["tokenizer"] = _tokenizer_source(snapshot, clip, repo_id)
+    else:
+        info["tokenizer"] = repo_id
     return Backbone(clip=clip, info={**info, **geometry_info(clip)}, image_mean=mean, image_std=std)
+
+
+#: File sets transformers builds a CLIP tokenizer from.
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def _tokenizer_source(folder: Path, clip: CLIPModel, name: str) -> str:
+    """Where the backbone's tokenizer comes from: its own folder, or the packaged CLIP BPE.
+
+    ``CLIPModel.from_pretrained`` fetches weights but no tokenizer files, so a cache filled that way
+    has none. A text tower with CLIP's 49,408-token vocabulary (OpenAI CLIP, MetaCLIP) then takes the
+    packaged CLIP tokenizer (the same BPE); ``"clip"`` in the backbone's info says so. Any other
+    vocabulary without its tokenizer is an error rather than a guess.
+    """
+    if any(all((folder / f).is_file() for f in files) for files in _TOKENIZER_FILES):
+        return str(folder)
+    if int(clip.config.text_config.vocab_size) == CLIP_VOCAB_SIZE:
+        return "clip"
+    raise ModelLoadError(
+        f"backbone {name!r} ({folder}) has no tokenizer files (tokenizer.json, or vocab.json and "
+        f"merges.txt) and a {clip.config.text_config.vocab_size}-token vocabulary that is not CLIP's; "
+        f"download the whole repository (`huggingface-cli download {name}`)"
+    )
 
 
 def _hub_unreachable() -> str | None:

@@ -191,9 +191,9 @@ class SonoVLM(nn.Module):
     # ----------------------------------------------------------------------------------- text
     @property
     def tokenizer(self) -> Any:
-        """The backbone's CLIP tokenizer (the packaged one for presets), loaded on first use."""
+        """The backbone's CLIP tokenizer (``backbone_info["tokenizer"]``), loaded on first use."""
         if self._tokenizer is None:
-            source = None if self.backbone_info.get("source") == "preset" else self.backbone_info["name"]
+            source = self.backbone_info.get("tokenizer", self.backbone_info["name"])
             self._tokenizer = load_clip_tokenizer(source)
         return self._tokenizer
 

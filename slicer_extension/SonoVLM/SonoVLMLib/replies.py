@@ -157,6 +157,7 @@ class TrainingProgress:
         epoch, total_epochs: of the current run, when its stats are in.
         percent: 0-100 for the progress bar.
         metric: the latest validation metric as text (``"Dice 0.81"``), or ``""``.
+        note: what the server said about the run's end (published or why not), or ``""``.
     """
 
     state: str
@@ -165,6 +166,7 @@ class TrainingProgress:
     total_epochs: int | None
     percent: int
     metric: str
+    note: str = ""
 
     @property
     def running(self) -> bool:
@@ -178,7 +180,8 @@ class TrainingProgress:
             parts.append(f"epoch {self.epoch}/{self.total_epochs}")
         if self.metric:
             parts.append(self.metric)
-        return " · ".join(parts)
+        text = " · ".join(parts)
+        return f"{text}\n{self.note}" if self.note else text
 
 
 def training_progress(task: dict[str, Any] | None, train_stats: dict[str, Any] | None) -> TrainingProgress:
@@ -198,10 +201,11 @@ def training_progress(task: dict[str, Any] | None, train_stats: dict[str, Any] |
         stats = None
 
     epoch = total = None
-    metric = ""
+    metric = note = ""
     if stats:
+        note = _note(stats)
         epoch = _int(stats.get("epoch", stats.get("current_epoch")))
-        total = _int(stats.get("total_epochs"))
+        total = _int(stats.get("total_epochs", stats.get("max_epochs")))
         metric = _metric_text(model, stats)
     if state == "DONE":
         percent = 100
@@ -209,7 +213,15 @@ def training_progress(task: dict[str, Any] | None, train_stats: dict[str, Any] |
         percent = max(0, min(100, round(100 * epoch / total)))
     else:
         percent = 0
-    return TrainingProgress(state, model, epoch, total, percent, metric)
+    return TrainingProgress(state, model, epoch, total, percent, metric, note)
+
+
+def _note(stats: dict[str, Any]) -> str:
+    publish = stats.get("publish")
+    if isinstance(publish, dict) and publish.get("reason"):
+        verdict = f"published {publish.get('version')}" if publish.get("published") else "not published"
+        return f"{verdict}: {publish['reason']}"
+    return str(stats.get("note") or "")
 
 
 def _stats_of_task(stats: dict[str, Any], task: dict[str, Any]) -> bool:
@@ -224,7 +236,25 @@ def _stats_of_task(stats: dict[str, Any], task: dict[str, Any]) -> bool:
     return float(started) >= task_epoch - 2.0  # the subprocess starts after the task is logged
 
 
+#: Display names of validation metrics in train stats.
+METRIC_NAMES = {"val_mean_dice": "Dice", "val_acc": "accuracy", "val_auc": "AUC"}
+
+
 def _metric_text(model: str | None, stats: dict[str, Any]) -> str:
+    """The latest validation metric: the SonoVLM app's per-epoch records (``epochs`` with its
+    ``key_metric``, plus AUC for the classifier), else MONAI Label's ``eval`` metrics, else the
+    best metric."""
+    epochs = stats.get("epochs")
+    if isinstance(epochs, list) and epochs and isinstance(epochs[-1], dict):
+        key = stats.get("key_metric")
+        keys = ([key] if key else []) + [k for k in ("val_auc",) if k != key]
+        parts = [
+            f"{METRIC_NAMES.get(k, k)} {float(epochs[-1][k]):.3f}"
+            for k in keys
+            if isinstance(epochs[-1].get(k), (int, float))
+        ]
+        if parts:
+            return ", ".join(parts)
     name = "accuracy" if model == CLASSIFICATION_MODEL else "Dice"
     evaluation = stats.get("eval") or {}
     metrics = evaluation.get("metrics") or {}

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from .client import SonoVLMClient
+from .client import SonoVLMClient, SonoVLMClientError
 from .measurement import LesionMeasurement
 from .organs import ORGAN_LABELS
 from .replies import (
@@ -79,8 +79,13 @@ class AnnotationSession:
 
     def next_case(self, strategy: str) -> UltrasoundCase | None:
         """Ask ``strategy`` for the next image, download it and load it; ``None`` when the server
-        has no unlabelled image left."""
-        sample = self.client.next_sample(strategy)
+        has no unlabelled image left (an empty reply, or 404 for a strategy the server has)."""
+        try:
+            sample = self.client.next_sample(strategy)
+        except SonoVLMClientError as error:
+            if error.status == 404 and strategy in (self.info.get("strategies") or {}):
+                return None
+            raise
         image_id = sample.get("id") if sample else None
         if not image_id:
             return None

@@ -30,7 +30,9 @@ def studies(tmp_path):
     folder = tmp_path / "studies"
     folder.mkdir()
     for n in (1, 2):
-        ds = us_dataset(bmode_frame(ROWS, COLS, seed=n), regions=[RegionSpec((0, 0, COLS - 1, ROWS - 1), (0.2, 0.3))])
+        ds = us_dataset(
+            bmode_frame(ROWS, COLS, seed=n), regions=[RegionSpec((0, 0, COLS - 1, ROWS - 1), (0.2, 0.3))]
+        )
         write_dataset(ds, folder / f"case_{n}.dcm")
     Image.fromarray(bmode_frame(ROWS, COLS, seed=3)).save(folder / "still.png")
     cine_us_dicom(folder / "cine.dcm", n_frames=4, rows=ROWS, cols=COLS)
@@ -59,13 +61,17 @@ def test_lists_dicom_and_png(store):
 
 def test_label_saved_in_canonical_form_with_who_and_when(store, studies, tmp_path):
     label = save_png(tmp_path / "in.png", l_shape() * 255)
-    store.save_label("case_2", label, "final", {"organ": "breast_lesion", "pathology": "Benign", "client_id": "ann"})
+    store.save_label(
+        "case_2", label, "final", {"organ": "breast_lesion", "pathology": "Benign", "client_id": "ann"}
+    )
     stored = np.asarray(Image.open(studies / "labels" / "final" / "case_2.png"))
     np.testing.assert_array_equal(stored, l_shape() * 2)  # breast_lesion = 2
     info = store.get_label_info("case_2", "final")
     assert info["organ"] == "breast_lesion" and info["pathology"] == "benign"
     assert info["saved_by"] == "ann" and info["saved_at"] and info["history"] == []
-    assert json.loads(index_bytes(studies))["objects"]["case_2"]["labels"]["final"]["info"]["saved_by"] == "ann"
+    assert (
+        json.loads(index_bytes(studies))["objects"]["case_2"]["labels"]["final"]["info"]["saved_by"] == "ann"
+    )
     assert store.get_labeled_images() == ["case_2"]
 
 
@@ -132,10 +138,14 @@ def test_unknown_image_is_404(store, tmp_path):
 
 def test_previous_label_kept_as_history(store, studies, tmp_path):
     first = l_shape()
-    store.save_label("case_2", save_png(tmp_path / "a.png", first), "final", {"organ": "lymph_node", "user": "a"})
+    store.save_label(
+        "case_2", save_png(tmp_path / "a.png", first), "final", {"organ": "lymph_node", "user": "a"}
+    )
     second = np.zeros_like(first)
     second[30:38, 40:50] = 1
-    store.save_label("case_2", save_png(tmp_path / "b.png", second), "final", {"organ": "lymph_node", "user": "b"})
+    store.save_label(
+        "case_2", save_png(tmp_path / "b.png", second), "final", {"organ": "lymph_node", "user": "b"}
+    )
     info = store.get_label_info("case_2", "final")
     assert info["saved_by"] == "b"
     [previous] = info["history"]
@@ -156,7 +166,9 @@ def test_cine_labels(store, studies, tmp_path):
     volume = np.zeros((4, ROWS, COLS), np.uint8)
     volume[:, 10:20, 30:40] = 1
     np.save(tmp_path / "all.npy", volume)
-    store.save_label("cine", str(tmp_path / "all.npy"), "final", {"organ": "lymph_node", "unannotated_frames": [1]})
+    store.save_label(
+        "cine", str(tmp_path / "all.npy"), "final", {"organ": "lymph_node", "unannotated_frames": [1]}
+    )
     info = store.get_label_info("cine", "final")
     assert info["annotated_frames"] == [0, 2, 3] and "frame" not in info
     items = [i for i in store.segmentation_items() if i["image_id"] == "cine"]

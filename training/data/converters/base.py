@@ -74,7 +74,7 @@ def write_dataset(
     split_rule: str,
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    near_duplicate_bits: int | None = 4,
+    near_duplicate_bits: int | None = 6,
 ) -> dict:
     """Write ``cases`` as dataset ``dataset`` under ``dst`` and return its ``dataset.json`` record."""
     if not cases:

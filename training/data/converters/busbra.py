@@ -91,7 +91,7 @@ def convert(
     seed: int = 0,
     fold: int = 1,
     folds: int = 5,
-    near_duplicate_bits: int | None = 4,
+    near_duplicate_bits: int | None = 6,
     **_: object,
 ) -> dict:
     cases = read_cases(src, fold, folds)

@@ -78,7 +78,7 @@ def convert(
     seed: int = 0,
     fractions=None,
     include_normal: bool = False,
-    near_duplicate_bits: int | None = 4,
+    near_duplicate_bits: int | None = 6,
     **_: object,
 ) -> dict:
     cases = read_cases(src, include_normal)

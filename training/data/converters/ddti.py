@@ -53,7 +53,7 @@ def read_cases(src: Path) -> list[SourceCase]:
 
 
 def convert(
-    src: Path, dst: Path, *, seed: int = 0, fractions=None, near_duplicate_bits: int | None = 4, **_: object
+    src: Path, dst: Path, *, seed: int = 0, fractions=None, near_duplicate_bits: int | None = 6, **_: object
 ) -> dict:
     kwargs = {"fractions": fractions} if fractions else {}
     return write_dataset(

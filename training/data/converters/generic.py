@@ -67,7 +67,7 @@ def convert(
     organ: str | None = None,
     seed: int = 0,
     fractions=None,
-    near_duplicate_bits: int | None = 4,
+    near_duplicate_bits: int | None = 6,
     **_: object,
 ) -> dict:
     if not name:

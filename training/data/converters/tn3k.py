@@ -109,7 +109,7 @@ def convert(
     seed: int = 0,
     fold: int = 0,
     fractions=None,
-    near_duplicate_bits: int | None = 4,
+    near_duplicate_bits: int | None = 6,
     **_: object,
 ) -> dict:
     fractions = fractions or DEFAULT_FRACTIONS

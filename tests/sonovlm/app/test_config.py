@@ -1,0 +1,54 @@
+"""``--conf`` parsing: defaults, and clear messages for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sonovlm.app.config import MODEL_NAMES, AppConfig
+from sonovlm.errors import SonoInputError
+
+
+def test_defaults(tmp_path):
+    config = AppConfig.from_conf({}, tmp_path / "app")
+    assert config.backbone == "vit-b16" and config.adapter is None and config.weights is None
+    assert config.models == MODEL_NAMES and config.model_dir == (tmp_path / "app" / "model").resolve()
+    assert config.train_threads >= 1 and config.auto_scoring
+
+
+def test_values(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    config = AppConfig.from_conf(
+        {
+            "backbone": "tiny",
+            "adapter": "lora",
+            "weights": str(weights),
+            "models": "segmentation",
+            "model_dir": str(tmp_path / "m"),
+            "threads": "2",
+            "auto_scoring": "false",
+            "server_mode": "x",
+        },
+        tmp_path,
+    )
+    assert (config.backbone, config.adapter, config.models) == ("tiny", "lora", ("segmentation",))
+    assert config.weights == str(weights) and config.model_dir == Path(tmp_path / "m").resolve()
+    assert config.threads == 2 and not config.auto_scoring and config.extra == {"server_mode": "x"}
+
+
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"models": "segmentation,detection"}, "unknown model"),
+        ({"adapter": "prefix"}, "unknown adapter"),
+        ({"weights": "/no/such/file.safetensors"}, "does not exist"),
+        ({"device": "tpu"}, "expected auto"),
+        ({"threads": "many"}, "expected an integer"),
+        ({"auto_scoring": "perhaps"}, "true or false"),
+        ({"backbone": " "}, "must not be empty"),
+    ],
+)
+def test_bad_values(tmp_path, conf, message):
+    with pytest.raises(SonoInputError, match=message):
+        AppConfig.from_conf(conf, tmp_path)
