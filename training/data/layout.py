@@ -4,7 +4,8 @@
 
     ROOT/
       all/images/NAME            every image of every dataset (file names unique across datasets)
-      all/masks/NAME             its lesion mask, same file name; any 8-bit image, non-zero = lesion
+      all/masks/NAME             its lesion mask, same file name (or STEM.png beside a DICOM image);
+                                 any 8-bit image, non-zero = lesion
       segmentation/DATASET/{train,val,test}.txt     one file name (with extension) per line
       classification/DATASET/{train,val,test}.txt
       classification/DATASET/labels.csv             ``name,label`` (0 benign, 1 malignant), no header
@@ -75,7 +76,11 @@ class PublicLayout:
         return self.root / IMAGES_DIR / name
 
     def mask_path(self, name: str) -> Path:
-        return self.root / MASKS_DIR / name
+        """``all/masks/NAME``; for an image that is not itself a PNG (a DICOM, say) whose mask is
+        not stored under the same name, ``all/masks/STEM.png``."""
+        same = self.root / MASKS_DIR / name
+        png = same.with_suffix(".png")
+        return png if not same.is_file() and png.is_file() else same
 
     def task_dir(self, task: str, dataset: str) -> Path:
         _check_task(task)

@@ -125,6 +125,14 @@ def _now_stamp() -> str:
     return time.strftime("%Y%m%d%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
 
 
+def _iso_from_dicom(stamp: str) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a DICOM ``YYYYMMDDHHMMSS[.ffffff]`` (as given when not that form)."""
+    digits = stamp.split(".")[0]
+    if len(digits) < 14 or not digits.isdigit():
+        return stamp
+    return f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}T{digits[8:10]}:{digits[10:12]}:{digits[12:14]}"
+
+
 def _iso_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -134,6 +142,23 @@ def _who(info: dict[str, Any]) -> str:
         if info.get(key):
             return str(info[key])
     return "anonymous"
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the PACS is away (try again later), not that it refused the request."""
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return True
+    response = getattr(exc, "response", None)
+    return response is not None and (response.status_code >= 500 or response.status_code in (408, 429))
+
+
+def pacs_error(url: str, exc: BaseException) -> HTTPException:
+    """503 when the PACS is away, 502 when it refused (the reason only: its text may hold UIDs)."""
+    if is_outage(exc) or not isinstance(exc, requests.HTTPError):
+        return pacs_unavailable(url, exc)
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    reason = f"HTTP {status}" if status else str(exc)[:200]
+    return HTTPException(status_code=502, detail=f"the PACS at {url} refused the request ({reason})")
 
 
 def pacs_unavailable(url: str, exc: BaseException) -> HTTPException:
@@ -444,6 +469,11 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 continue
             if source not in newest or header["content_datetime"] > newest[source]["content_datetime"]:
                 newest[source] = {**header, "seg": seg_uid}
+        for source, record in list(finals.items()):
+            if record.get("pacs") == "stored" and record.get("seg") not in known:
+                finals.pop(source)  # its SEG was deleted in the PACS: fall back to an older one, if any
+                if source in newest:
+                    finals[source] = self._record_from_header(newest[source], previous=None)
         for source, header in newest.items():
             current = finals.get(source)
             if current and current.get("seg") == header["seg"]:
@@ -460,7 +490,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
             "pathology": header.get("pathology"),
             "measurements": header.get("measurements") or {},
             "saved_by": header.get("creator") or "unknown",
-            "saved_at": header.get("content_datetime"),
+            "saved_at": _iso_from_dicom(header["content_datetime"]),
             "content_datetime": header["content_datetime"],
             "seg": header["seg"],
             "seg_series": header.get("series"),
@@ -496,20 +526,31 @@ class DICOMwebUltrasoundDatastore(Datastore):
         """Send SEGs that could not be stored before; keep each until the PACS accepted it."""
         outbox = sorted((self.cache_dir / "outbox").glob("*.dcm"))
         for path in outbox:
+            state = "stored"
             try:
                 self._client.store_bytes(path.read_bytes())
             except requests.RequestException as exc:
-                logger.warning("Pending SEG %s still not stored: %s", path.name, type(exc).__name__)
-                return
+                if is_outage(exc):
+                    logger.warning("Pending SEG %s still not stored: %s", path.name, type(exc).__name__)
+                    return
+                state = "rejected"  # sending it again would not help; kept for inspection
+                logger.error(
+                    "The PACS refused pending SEG %s: %s", path.name, pacs_error(self.url, exc).detail
+                )
             with self._locked():
                 self._read_index()
                 for record in self._index["labels"].get(DefaultLabelTag.FINAL.value, {}).values():
                     if record.get("outbox") == path.name:
-                        record["pacs"] = "stored"
+                        record["pacs"] = state
                         record.pop("outbox", None)
                 self._write_index()
-            path.unlink()
-            logger.info("Pending SEG %s stored in the PACS", path.name)
+            if state == "stored":
+                path.unlink()
+                logger.info("Pending SEG %s stored in the PACS", path.name)
+            else:
+                rejected = path.parent / "rejected"
+                rejected.mkdir(exist_ok=True)
+                os.replace(path, rejected / path.name)
 
     # -- images ------------------------------------------------------------------------------------------
 
@@ -609,7 +650,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
         try:
             self._client.store_bytes(Path(image_filename).read_bytes())
         except requests.RequestException as exc:
-            raise pacs_unavailable(self.url, exc) from exc
+            raise pacs_error(self.url, exc) from exc
         self._refresh(force=True)
         if image_info:
             self.update_image_info(sop_uid, image_info)
@@ -832,6 +873,9 @@ class DICOMwebUltrasoundDatastore(Datastore):
         try:
             self._client.store_bytes(buffer.getvalue())
         except requests.RequestException as exc:
+            if not is_outage(exc):
+                outbox.unlink()
+                raise pacs_error(self.url, exc) from exc
             logger.warning(
                 "PACS %s did not take the SEG of %s (%s); kept in the outbox",
                 self.url,

@@ -243,8 +243,9 @@ def hub_cache_dir() -> str:
 
 
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set to a true value (read now, not at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is true, read now, not at import."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _load_hub(repo_id: str) -> Backbone:

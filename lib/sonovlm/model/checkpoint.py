@@ -156,7 +156,6 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} was trained on backbone {recorded.get('name')!r}; backbone "
             f"{loaded.info.get('name')!r} has a different geometry ({details})"
         )
-    config.backbone = str(loaded.info["name"])
 
     model = SonoVLM(config, backbone=loaded, prompt_bank=bank, encode_prompts=False)
     try:

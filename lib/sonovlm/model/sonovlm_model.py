@@ -136,7 +136,10 @@ class SonoVLM(nn.Module):
     ) -> None:
         super().__init__()
         config = replace(config) if config is not None else ModelConfig()
-        backbone = backbone if backbone is not None else load_backbone(config.backbone)
+        if backbone is None:
+            backbone = load_backbone(config.backbone)
+        else:
+            config.backbone = str(backbone.info["name"])  # what a checkpoint must reload
         self.backbone_info: dict[str, Any] = dict(backbone.info)
         self.clip = backbone.clip
         self.clip.requires_grad_(False)

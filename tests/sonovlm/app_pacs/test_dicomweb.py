@@ -13,67 +13,13 @@ import pytest
 from fastapi import HTTPException
 from sonovlm.app.dicomweb import (
     DICOMwebUltrasoundDatastore,
-    PacsClient,
     build_datastore,
 )
 from sonovlm.dicomseg import read_dicom_seg, segmentation_to_dicom_seg
-from sonovlm.io import load_image, load_mask, save_mask
+from sonovlm.io import load_image, load_mask
 
-from tests.dicom_factory import cine_us_dicom, jpeg2000_us_dicom, us_dataset, write_dataset
 from tests.orthanc_fixture import start_orthanc
-
-SAMPLES = ("ExplVR_BigEnd.dcm", "examples_palette.dcm", "examples_rgb_color.dcm")
-
-
-class Pacs:
-    """The uploaded files of one test: ``files[name] = (path, SOP Instance UID)``."""
-
-    def __init__(self, server, files: dict[str, tuple[Path, str]], ct_uid: str, patient_values: set[str]):
-        self.server = server
-        self.url = server.dicomweb_url
-        self.files = files
-        self.ct_uid = ct_uid
-        self.patient_values = patient_values
-
-    def uid(self, name: str) -> str:
-        return self.files[name][1]
-
-    def client(self) -> PacsClient:
-        return PacsClient(self.url)
-
-    def segs(self) -> list[pydicom.Dataset]:
-        client = self.client()
-        found = []
-        for series in client.search_for_series(search_filters={"Modality": "SEG"}):
-            ds = pydicom.Dataset.from_json(series)
-            for inst in client.search_for_instances(ds.StudyInstanceUID, ds.SeriesInstanceUID):
-                uid = pydicom.Dataset.from_json(inst).SOPInstanceUID
-                data = client.instance_bytes(ds.StudyInstanceUID, ds.SeriesInstanceUID, uid)
-                found.append(pydicom.dcmread(io.BytesIO(data)))
-        return found
-
-
-def upload(server, test_data: Path, workdir: Path) -> Pacs:
-    """STOW the three real samples, a JPEG 2000 image, a cine loop and one CT image."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = {name: test_data / name for name in SAMPLES}
-    paths["j2k.dcm"] = jpeg2000_us_dicom(workdir / "j2k.dcm", seed=11)
-    paths["cine.dcm"] = cine_us_dicom(workdir / "cine.dcm", n_frames=5, seed=12)
-    ct = us_dataset(np.zeros((16, 16), np.uint8), seed=13)
-    ct.Modality = "CT"
-    ct_path = write_dataset(ct, workdir / "ct.dcm")
-    client = PacsClient(server.dicomweb_url)
-    files: dict[str, tuple[Path, str]] = {}
-    patient_values: set[str] = set()
-    for name, path in [*paths.items(), ("ct.dcm", ct_path)]:
-        client.store_bytes(path.read_bytes())
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        files[name] = (path, str(ds.SOPInstanceUID))
-        for keyword in ("PatientID", "PatientName"):
-            value = str(ds.get(keyword) or "").strip()
-            if len(value) > 3:
-                patient_values.add(value)
-    return Pacs(server, files, files["ct.dcm"][1], patient_values)
+from tests.sonovlm.app_pacs.pacs_helpers import Pacs, lesion_mask, upload, write_png
 
 
 @pytest.fixture()
@@ -84,19 +30,6 @@ def pacs(orthanc, test_data, tmp_path) -> Pacs:
 
 def datastore(url: str, cache: Path, refresh_s: float = 3600.0) -> DICOMwebUltrasoundDatastore:
     return build_datastore(url, {"dicomweb_cache": str(cache), "dicomweb_refresh_s": str(refresh_s)})
-
-
-def lesion_mask(rows: int, cols: int) -> np.ndarray:
-    """An asymmetric lesion (an L shape), so that any transpose or flip shows."""
-    mask = np.zeros((rows, cols), np.uint8)
-    mask[rows // 4 : rows // 2, cols // 5 : cols // 2] = 1
-    mask[rows // 2 : rows // 2 + rows // 8, cols // 5 : cols // 5 + cols // 10] = 1
-    return mask
-
-
-def write_png(path: Path, mask: np.ndarray) -> str:
-    save_mask(path, mask)
-    return str(path)
 
 
 # -- listing and retrieval -------------------------------------------------------------------------
@@ -318,3 +251,41 @@ def test_damaged_index_is_rebuilt_with_a_backup(pacs, tmp_path):
     assert uid in again.get_labeled_images()
     assert again.get_label_info(uid, "final")["organ"] == "lymph_node"
     assert len(again.list_images()) == 5
+
+
+def test_seg_deleted_in_the_pacs_unlabels_the_image(pacs, tmp_path):
+    import requests
+
+    store = datastore(pacs.url, tmp_path / "cache", refresh_s=0)
+    uid = pacs.uid("examples_rgb_color.dcm")
+    store.save_label(
+        uid, write_png(tmp_path / "l.png", lesion_mask(240, 320)), "final", {"organ": "lymph_node"}
+    )
+    assert uid in store.get_labeled_images()
+    seg_series = store.get_label_info(uid, "final")["seg_series"]
+    found = requests.post(f"{pacs.server.url}/tools/lookup", data=seg_series, timeout=10).json()
+    requests.delete(f"{pacs.server.url}/series/{found[0]['ID']}", timeout=10).raise_for_status()
+    store.refresh()
+    assert uid not in store.get_labeled_images() and uid in store.get_unlabeled_images()
+
+
+def test_a_seg_the_pacs_refuses_is_502_and_nothing_is_kept(pacs, tmp_path, monkeypatch):
+    import requests
+
+    store = datastore(pacs.url, tmp_path / "cache")
+    uid = pacs.uid("examples_rgb_color.dcm")
+
+    def refuse(data: bytes) -> None:
+        response = requests.Response()
+        response.status_code = 409
+        raise requests.HTTPError("conflict", response=response)
+
+    monkeypatch.setattr(store._client, "store_bytes", refuse)
+    with pytest.raises(HTTPException) as err:
+        store.save_label(
+            uid, write_png(tmp_path / "l.png", lesion_mask(240, 320)), "final", {"organ": "lymph_node"}
+        )
+    assert err.value.status_code == 502 and "HTTP 409" in err.value.detail
+    assert store.get_labeled_images() == []
+    assert list((tmp_path / "cache" / "outbox").glob("*.dcm")) == []
+    assert pacs.segs() == []

@@ -13,7 +13,6 @@ server log.
 
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 
@@ -26,8 +25,7 @@ from sonovlm.dicomseg import read_dicom_seg
 from sonovlm.io import save_mask
 
 from tests.server_fixture import start_server
-
-from .test_dicomweb import lesion_mask, upload
+from tests.sonovlm.app_pacs.pacs_helpers import lesion_mask, upload
 
 PACS_APP = '''
 """SonoVLM with the PACS wiring (what monailabel_app/main.py and sonovlm.app.server need)."""
@@ -113,13 +111,12 @@ def test_server_over_orthanc(pacs_server):
 
     rgb = pacs.uid("examples_rgb_color.dcm")
     mask = lesion_mask(240, 320)
-    buffer = io.BytesIO()
-    save_mask(buffer_path := server.work_dir / "label.png", mask)
-    buffer.write(buffer_path.read_bytes())
+    save_mask(server.work_dir / "label.png", mask)
+    png = (server.work_dir / "label.png").read_bytes()
     saved = requests.put(
         f"{url}/datastore/label",
         params={"image": rgb, "tag": "final"},
-        files={"label": ("label.png", buffer.getvalue(), "image/png")},
+        files={"label": ("label.png", png, "image/png")},
         data={"params": json.dumps({"organ": "lymph_node", "pathology": "benign", "client_id": "e2e"})},
         timeout=120,
     )
@@ -141,7 +138,7 @@ def test_server_over_orthanc(pacs_server):
     bad = requests.put(
         f"{url}/datastore/label",
         params={"image": rgb, "tag": "final"},
-        files={"label": ("label.png", buffer.getvalue(), "image/png")},
+        files={"label": ("label.png", png, "image/png")},
         data={"params": json.dumps({"organ": "spleen"})},
         timeout=60,
     )

@@ -143,16 +143,21 @@ def _escape_point(exc: BaseException) -> str:
 
 
 def run_cases(count: int, progress_path: str, out_path: str) -> None:
-    """The child's work: run ``count`` cases, write escapes to ``out_path`` as JSON."""
+    """The child's work: run ``count`` cases, write the tally and the escapes to ``out_path``."""
     import resource
 
-    progress_file, out_file = Path(progress_path), Path(out_path)
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
     sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="sonovlm-fuzz-") as folder:
+        result = fuzz(Path(folder), count, Path(progress_path))
+    Path(out_path).write_text(json.dumps(result))
+
+
+def fuzz(work: Path, count: int, progress_file: Path) -> dict:
+    """Mutate the seeds ``count`` times and load each; ``{"loaded", "refused", "escapes"}``."""
     from sonovlm.errors import SonoInputError
     from sonovlm.io import load_image
 
-    work = Path(tempfile.mkdtemp(prefix="sonovlm-fuzz-"))
     seeds = seed_files(work)
     originals = [path.read_bytes() for path in seeds]
     loaded = refused = 0
@@ -187,7 +192,7 @@ def run_cases(count: int, progress_path: str, out_path: str) -> None:
                     "where": _escape_point(exc),
                 }
             )
-    out_file.write_text(json.dumps({"loaded": loaded, "refused": refused, "escapes": escapes}))
+    return {"loaded": loaded, "refused": refused, "escapes": escapes}
 
 
 def test_load_image_only_raises_sono_input_error(tmp_path):

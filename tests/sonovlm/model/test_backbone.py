@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import socket
+import time
 
 import pytest
 import torch
@@ -134,6 +136,23 @@ def test_missing_hub_weights_offline_fail_at_once_with_a_fix(tmp_path, monkeypat
     assert str(tmp_path) in message  # where it looked
     assert "HF_HUB_OFFLINE" in message
     assert "huggingface-cli download nobody/no-such-clip" in message  # how to fix it
+
+
+def test_unreachable_hub_fails_at_once_without_offline_mode(tmp_path, monkeypatch):
+    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    for variable in (*offline, "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match="cannot be reached") as caught:
+        load_backbone("nobody/no-such-clip")
+    assert time.monotonic() - started < 5  # not huggingface_hub's minute of retries
+    assert "huggingface-cli download nobody/no-such-clip" in str(caught.value)
 
 
 def test_default_backbone_offline_names_the_default_id(tmp_path, monkeypatch):

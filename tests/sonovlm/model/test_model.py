@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from sonovlm.errors import SonoInputError
 from sonovlm.model import AdapterConfig, ModelConfig, SonoVLM, classification_loss, segmentation_loss
+from sonovlm.model.adapters import adapter_parameters
 from sonovlm.model.backbone import build_preset
 from sonovlm.model.sonovlm_model import ORGANS
 
@@ -100,8 +101,9 @@ def test_a_few_steps_lower_both_losses():
     model.eval()
     with torch.no_grad():
         seg_before, cls_before = losses()
+    adapter_before = [p.detach().clone() for p in adapter_parameters(model.clip)]
     model.train()
-    for _ in range(15):
+    for _ in range(8):
         optimiser.zero_grad()
         seg, cls = losses()
         (seg + cls).backward()
@@ -109,8 +111,11 @@ def test_a_few_steps_lower_both_losses():
     model.eval()
     with torch.no_grad():
         seg_after, cls_after = losses()
-    assert seg_after < 0.9 * seg_before
-    assert cls_after < 0.9 * cls_before
+    assert seg_after < 0.8 * seg_before
+    assert cls_after < 0.8 * cls_before
+    # The adapter trains too, not only the heads.
+    after = adapter_parameters(model.clip)
+    assert any(not torch.equal(a, p) for a, p in zip(adapter_before, after, strict=True))
 
 
 def test_free_text_prompts_are_encoded_once_and_checked(lora_model):

@@ -1,0 +1,273 @@
+"""Server benchmark: auto-segment round trips through a real SonoVLM MONAI Label server.
+
+``python -m sonovlm.bench_server [--backbone vit-b16] [--requests 20] [--threads 2]``
+
+In one run, on one machine:
+
+* ``bare_forward``: the frozen backbone's vision tower alone (batch 1, the backbone's input size),
+  in this process with ``--threads`` torch threads, median of ``--requests`` runs (the server is
+  idle meanwhile);
+* a server (``python -m monailabel.main start_server``, ``--conf threads`` the same, scoring off)
+  on a studies folder of copies of one 640 × 480 JPEG 2000 US DICOM;
+* ``cold``: ``--requests`` sequential ``POST /infer/segmentation`` on different images (decode,
+  backbone, head, NRRD mask, measurements; request to mask received), p50 and p95, and the first
+  one alone;
+* ``warm``: the same image again with another organ (cached decoded frame and backbone
+  features: only the text-conditioned head runs), p50;
+* ``concurrent``: ``--concurrency`` clients at once on fresh images, p95 (requests queue: MONAI
+  Label answers one at a time);
+* resident memory of the server after warm-up and at the end.
+
+Target: cold p50 <= 1.5 × bare forward. A benchmark, not a test: it prints figures (and writes
+them with ``--out``) and exits 0 unless the server fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET_RATIO = 1.5
+
+
+def jpeg2000_dicom(path: Path, rows: int = 480, cols: int = 640, seed: int = 0) -> None:
+    """A simulated 640 × 480 B-mode frame as a JPEG 2000 (lossless) US DICOM with its calibrated region."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    from .sample_data.dicom import DicomIdentity, ultrasound_dataset
+    from .sample_data.simulate import simulate_case
+
+    image, _, meta = simulate_case(np.random.default_rng(seed), "breast_lesion", shape=(rows, cols))
+    ds = ultrasound_dataset(image, meta, DicomIdentity.derive("BENCH", ["bench", str(seed)]), "benchmark")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG2000", no_jp2=True, irreversible=False)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(str(path), write_like_original=False)
+
+
+def bare_forward_seconds(backbone: str, repeats: int, device: str) -> float:
+    """Median seconds of the vision tower's forward alone (batch 1)."""
+    import torch
+
+    from .model import load_backbone
+
+    loaded = load_backbone(backbone)
+    vision = loaded.clip.vision_model.to(device).eval()
+    x = torch.randn(1, 3, loaded.image_size, loaded.image_size, device=device)
+    times = []
+    with torch.inference_mode():
+        for n in range(repeats + 3):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            vision(pixel_values=x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if n >= 3:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def segment(url: str, image_id: str, organ: str = "auto") -> float:
+    """One ``POST /infer/segmentation`` (NRRD mask, as Slicer asks); seconds to the whole reply."""
+    boundary = "----sonovlm-bench"
+    params = json.dumps({"organ": organ, "result_extension": ".nrrd"})
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{params}\r\n--{boundary}--\r\n'
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/infer/segmentation?image={image_id}",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="POST",
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as response:
+        payload = response.read()
+        if response.status != 200 or b"model_version" not in payload:
+            raise RuntimeError(f"infer failed: {response.status} {payload[:200]!r}")
+    return time.perf_counter() - start
+
+
+def start_server(
+    studies: Path, work: Path, backbone: str, threads: int, device: str
+) -> tuple[subprocess.Popen, str]:
+    app = work / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "monailabel_app" / "main.py", app / "main.py")
+    port = _free_port()
+    conf = {
+        "backbone": backbone,
+        "threads": str(threads),
+        "auto_scoring": "false",
+        "device": device,
+        "model_dir": str(work / "model"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+    ]
+    for key, value in conf.items():
+        cmd += ["--conf", key, value]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = open(work / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited; see {work / 'server.log'}")
+        try:
+            _get_json(f"{url}/info/")
+            return proc, url
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not start within 600 s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import psutil
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    work = Path(tempfile.mkdtemp(prefix="sonovlm-bench-server-"))
+    studies = work / "studies"
+    studies.mkdir()
+    master = studies / "image_000.dcm"
+    jpeg2000_dicom(master)
+    total = args.requests + args.concurrency + 1
+    for n in range(1, total):
+        shutil.copy2(master, studies / f"image_{n:03d}.dcm")
+
+    bare = bare_forward_seconds(args.backbone, args.requests, device)
+    proc, url = start_server(studies, work, args.backbone, args.threads, device)
+    try:
+        rss_after_warmup = psutil.Process(proc.pid).memory_info().rss
+        ids = [f"image_{n:03d}" for n in range(total)]
+        cold = [segment(url, image_id) for image_id in ids[: args.requests]]
+        warm = [
+            segment(url, ids[0], organ) for organ in ("lymph_node", "thyroid_nodule") * (args.requests // 2)
+        ]
+        concurrent: list[float] = []
+        lock = threading.Lock()
+
+        def client(image_id: str) -> None:
+            seconds = segment(url, image_id)
+            with lock:
+                concurrent.append(seconds)
+
+        threads = [
+            threading.Thread(target=client, args=(i,))
+            for i in ids[args.requests : args.requests + args.concurrency]
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rss_end = psutil.Process(proc.pid).memory_info().rss
+        info = _get_json(f"{url}/info/")["sonovlm"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    cold_p50 = statistics.median(cold)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(0),
+        "backbone": args.backbone,
+        "adapter": info.get("adapter"),
+        "threads": args.threads,
+        "image": "640x480 JPEG 2000 lossless US DICOM",
+        "bare_forward_s": round(bare, 4),
+        "cold_first_s": round(cold[0], 4),
+        "cold_p50_s": round(cold_p50, 4),
+        "cold_p95_s": round(percentile(cold, 95), 4),
+        "cold_p50_over_bare": round(cold_p50 / bare, 2),
+        "target_ratio": TARGET_RATIO,
+        "warm_p50_s": round(statistics.median(warm), 4),
+        "concurrent_clients": args.concurrency,
+        "concurrent_p95_s": round(percentile(concurrent, 95), 4) if concurrent else None,
+        "concurrent_all_ok": len(concurrent) == args.concurrency,
+        "rss_after_warmup_mb": round(rss_after_warmup / 2**20, 1),
+        "rss_end_mb": round(rss_end / 2**20, 1),
+        "requests": args.requests,
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sonovlm.bench_server", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--backbone", default="vit-b16", help="preset, hub id or directory (default vit-b16)")
+    parser.add_argument("--requests", type=int, default=20, help="sequential requests (default 20)")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients at once (default 8)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads, here and in the server (default 2)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Training and auto-segment benchmark (``python -m training.bench``; part of ``make bench``).
+
+Measured in one process on one machine, with ``--threads`` torch threads:
+
+1. Training throughput, images per second, of the segmentation step (forward, MONAI DiceCE,
+   backward, AdamW step) for the ``vit-b16`` geometry with each adapter, on a fixed random batch
+   (data loading excluded; measured separately in 3). Median over ``--steps`` steps after one
+   warm-up step.
+2. The peers' heavy part: the image encoder of SAM ViT-B (transformers ``SamModel`` built from its
+   default config, random weights, a 1024 x 1024 input, as SAM and MedSAM run it), median of
+   ``--repeats`` forwards, beside SonoVLM's whole auto-segment (``Predictor.segment`` on a
+   640 x 480 frame: preprocessing, adapted backbone, text-conditioned head, mapping back to the
+   frame; feature cache cleared each time), and their ratio. Target: SonoVLM >= 25x faster on CPU.
+3. The data pipeline: cached case -> ultrasound + geometric augmentation -> model input, images
+   per second at the backbone's input size (one process, no workers).
+
+Presets have random weights, so these are speed figures only. Output: a table on stdout, and
+``--json FILE`` for the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+ADAPTERS: tuple[str, ...] = ("lora", "mona", "hybrid")
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_throughput(backbone: str, adapter: str, batch_size: int, steps: int) -> dict:
+    """Images/s of the segmentation training step for ``backbone`` + ``adapter``."""
+    from sonovlm.model import AdapterConfig, ModelConfig, SonoVLM
+
+    from .stages.base import set_trainable
+    from .stages.segmentation import SegmentationStage
+
+    model = SonoVLM(ModelConfig(backbone=backbone, adapter=AdapterConfig(kind=adapter)))
+    stage = SegmentationStage()
+    set_trainable(model, adapter=adapter != "none", seg_head=True, cls_head=False)
+    model.train()
+    size = model.preprocess_config.image_size
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "pixel_values": torch.randn(batch_size, 3, size, size, generator=generator),
+        "mask": (torch.rand(batch_size, 1, size, size, generator=generator) > 0.7).float(),
+        "organ_id": torch.zeros(batch_size, dtype=torch.long),
+    }
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss = stage.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = _median_seconds(step, steps)
+    return {
+        "backbone": backbone,
+        "adapter": adapter,
+        "batch_size": batch_size,
+        "step_s": seconds,
+        "images_per_s": batch_size / seconds,
+        "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+    }
+
+
+def sam_encoder_seconds(repeats: int) -> dict:
+    """Median seconds of SAM ViT-B's image encoder on one 1024 x 1024 image (random weights)."""
+    from transformers import SamConfig, SamModel
+
+    start = time.perf_counter()
+    sam = SamModel(SamConfig()).eval()
+    built = time.perf_counter() - start
+    pixels = torch.randn(1, 3, 1024, 1024)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            sam.get_image_embeddings(pixels)
+
+    seconds = _median_seconds(forward, repeats)
+    params = sum(p.numel() for p in sam.vision_encoder.parameters())
+    return {"seconds": seconds, "build_s": built, "encoder_params": params}
+
+
+def sonovlm_autosegment_seconds(backbone: str, adapter: str, repeats: int) -> dict:
+    """Median seconds of ``Predictor.segment`` on a 640 x 480 frame, features recomputed each time."""
+    from sonovlm.io import UltrasoundImage
+    from sonovlm.model import AdapterConfig, ModelConfig, Predictor, SonoVLM
+
+    model = SonoVLM(ModelConfig(backbone=backbone, adapter=AdapterConfig(kind=adapter)))
+    if adapter == "lora":
+        model.merge_adapter()
+    predictor = Predictor(model, "cpu")
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.rayleigh(60.0, (480, 640)), 0, 255).astype(np.uint8)
+    image = UltrasoundImage(frames=frame[None], source="<bench>")
+
+    def segment() -> None:
+        predictor.clear_cache()
+        predictor.segment(image, "thyroid_nodule")
+
+    return {"seconds": _median_seconds(segment, repeats), "backbone": backbone, "adapter": adapter}
+
+
+def augmentation_throughput(size: int, n: int = 32) -> dict:
+    """Images/s of the training augmentation ('all') plus normalisation at ``size`` px."""
+    from sonovlm.model.preprocess import PreprocessConfig
+
+    from .augment import train_transforms
+    from .data.datasets import FinaliseInputd
+
+    pipeline = train_transforms("all", seed=0)
+    finalise = FinaliseInputd(PreprocessConfig(image_size=size))
+    rng = np.random.default_rng(0)
+    items = [
+        {
+            "image": torch.from_numpy(rng.random((1, size, size), dtype=np.float32)),
+            "mask": torch.from_numpy((rng.random((1, size, size)) > 0.7).astype(np.uint8)),
+            "scan_mask": torch.ones(1, size, size, dtype=torch.uint8),
+        }
+        for _ in range(n)
+    ]
+    finalise(pipeline(items[0]))
+    start = time.perf_counter()
+    for item in items:
+        finalise(pipeline(item))
+    return {"image_size": size, "images_per_s": n / (time.perf_counter() - start)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as on CI)")
+    parser.add_argument(
+        "--backbones", default="vit-b16", help="comma-separated presets for training throughput"
+    )
+    parser.add_argument("--adapters", default=",".join(ADAPTERS))
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards for SAM and auto-segment")
+    parser.add_argument("--segment-adapter", default="mona", help="adapter of the auto-segment timing")
+    parser.add_argument("--skip-sam", action="store_true", help="leave out SAM (slow to build and run)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results: dict = {"threads": args.threads, "torch": torch.__version__, "untrained_presets": True}
+
+    print(f"SonoVLM training benchmark ({args.threads} threads; random-weight presets: speed only)")
+    print(f"{'backbone':<10} {'adapter':<8} {'batch':>5} {'step s':>8} {'images/s':>9} {'trainable':>10}")
+    results["training"] = []
+    for backbone in [b.strip() for b in args.backbones.split(",") if b.strip()]:
+        for adapter in [a.strip() for a in args.adapters.split(",") if a.strip()]:
+            row = training_throughput(backbone, adapter, args.batch_size, args.steps)
+            results["training"].append(row)
+            print(
+                f"{backbone:<10} {adapter:<8} {row['batch_size']:>5} {row['step_s']:>8.2f} "
+                f"{row['images_per_s']:>9.2f} {row['trainable_params']:>10,}"
+            )
+
+    augmentation = augmentation_throughput(224)
+    results["augmentation"] = augmentation
+    print(f"augmentation (ultrasound + geometric, 224 px): {augmentation['images_per_s']:.1f} images/s")
+
+    segment = sonovlm_autosegment_seconds("vit-b16", args.segment_adapter, args.repeats)
+    results["sonovlm_autosegment"] = segment
+    print(
+        f"SonoVLM auto-segment (vit-b16 + {args.segment_adapter}, 640x480 frame): "
+        f"{segment['seconds'] * 1e3:.0f} ms"
+    )
+    if not args.skip_sam:
+        sam = sam_encoder_seconds(args.repeats)
+        results["sam_vit_b_encoder"] = sam
+        ratio = sam["seconds"] / segment["seconds"]
+        results["sam_over_sonovlm"] = ratio
+        print(
+            f"SAM ViT-B image encoder (1024x1024, built in {sam['build_s']:.1f} s): "
+            f"{sam['seconds'] * 1e3:.0f} ms"
+        )
+        print(f"ratio SAM encoder / SonoVLM auto-segment: {ratio:.1f}x (target >= 25x)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump(results, stream, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
