@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BACKBONE ?= tiny
 
-.PHONY: install test lint demo bench sample-data clean
+.PHONY: install test lint demo bench stress pacs-deps sample-data clean
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ demo: install sample-data
 
 bench: install
 	$(PY) -m sonovlm.bench
+
+# Orthanc with its DICOMweb plugin (Debian packages) for the PACS integration tests; needs root.
+pacs-deps:
+	bash scripts/install_orthanc.sh
+
+# Bounded load (8 clients, 2 minutes, loopback only) on a server the script starts on sample studies.
+stress: install
+	$(PY) scripts/stress.py --clients 8 --duration 120
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
