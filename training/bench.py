@@ -10,7 +10,8 @@ Measured in one process on one machine, with ``--threads`` torch threads:
    default config, random weights, a 1024 x 1024 input, as SAM and MedSAM run it), median of
    ``--repeats`` forwards, beside SonoVLM's whole auto-segment (``Predictor.segment`` on a
    640 x 480 frame: preprocessing, adapted backbone, text-conditioned head, mapping back to the
-   frame; feature cache cleared each time), and their ratio. Target: SonoVLM >= 25x faster on CPU.
+   frame; feature cache cleared each time), timed in turn within each round so that other load
+   on the machine slows both alike; and their ratio. Target: SonoVLM >= 25x faster on CPU.
 3. The data pipeline: cached case -> ultrasound + geometric augmentation -> model input, images
    per second at the backbone's input size (one process, no workers).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -80,8 +82,8 @@ def training_throughput(backbone: str, adapter: str, batch_size: int, steps: int
     }
 
 
-def sam_encoder_seconds(repeats: int) -> dict:
-    """Median seconds of SAM ViT-B's image encoder on one 1024 x 1024 image (random weights)."""
+def sam_encoder(repeats: int) -> tuple[Callable[[], None], dict]:
+    """SAM ViT-B's image encoder on one 1024 x 1024 image (random weights): ``(forward, info)``."""
     from transformers import SamConfig, SamModel
 
     start = time.perf_counter()
@@ -93,13 +95,14 @@ def sam_encoder_seconds(repeats: int) -> dict:
         with torch.inference_mode():
             sam.get_image_embeddings(pixels)
 
-    seconds = _median_seconds(forward, repeats)
-    params = sum(p.numel() for p in sam.vision_encoder.parameters())
-    return {"seconds": seconds, "build_s": built, "encoder_params": params}
+    return forward, {
+        "build_s": built,
+        "encoder_params": sum(p.numel() for p in sam.vision_encoder.parameters()),
+    }
 
 
-def sonovlm_autosegment_seconds(backbone: str, adapter: str, repeats: int) -> dict:
-    """Median seconds of ``Predictor.segment`` on a 640 x 480 frame, features recomputed each time."""
+def sonovlm_autosegment(backbone: str, adapter: str) -> Callable[[], None]:
+    """``Predictor.segment`` on a 640 x 480 frame, features recomputed each time."""
     from sonovlm.io import UltrasoundImage
     from sonovlm.model import AdapterConfig, ModelConfig, Predictor, SonoVLM
 
@@ -115,7 +118,21 @@ def sonovlm_autosegment_seconds(backbone: str, adapter: str, repeats: int) -> di
         predictor.clear_cache()
         predictor.segment(image, "thyroid_nodule")
 
-    return {"seconds": _median_seconds(segment, repeats), "backbone": backbone, "adapter": adapter}
+    return segment
+
+
+def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in turn within each round (so that a busy machine
+    slows them alike rather than whichever ran during the busy minute)."""
+    for fn in functions.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def augmentation_throughput(size: int, n: int = 32) -> dict:
@@ -177,22 +194,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["augmentation"] = augmentation
     print(f"augmentation (ultrasound + geometric, 224 px): {augmentation['images_per_s']:.1f} images/s")
 
-    segment = sonovlm_autosegment_seconds("vit-b16", args.segment_adapter, args.repeats)
-    results["sonovlm_autosegment"] = segment
+    functions = {"sonovlm": sonovlm_autosegment("vit-b16", args.segment_adapter)}
+    if not args.skip_sam:
+        functions["sam"], sam_info = sam_encoder(args.repeats)
+        results["sam_vit_b_encoder"] = sam_info
+    medians = interleaved_medians(functions, args.repeats)
+    results["sonovlm_autosegment"] = {"seconds": medians["sonovlm"], "adapter": args.segment_adapter}
     print(
         f"SonoVLM auto-segment (vit-b16 + {args.segment_adapter}, 640x480 frame): "
-        f"{segment['seconds'] * 1e3:.0f} ms"
+        f"{medians['sonovlm'] * 1e3:.0f} ms"
     )
-    if not args.skip_sam:
-        sam = sam_encoder_seconds(args.repeats)
-        results["sam_vit_b_encoder"] = sam
-        ratio = sam["seconds"] / segment["seconds"]
+    if "sam" in medians:
+        ratio = medians["sam"] / medians["sonovlm"]
+        results["sam_vit_b_encoder"]["seconds"] = medians["sam"]
         results["sam_over_sonovlm"] = ratio
-        print(
-            f"SAM ViT-B image encoder (1024x1024, built in {sam['build_s']:.1f} s): "
-            f"{sam['seconds'] * 1e3:.0f} ms"
-        )
+        print(f"SAM ViT-B image encoder (1024x1024, random weights): {medians['sam'] * 1e3:.0f} ms")
         print(f"ratio SAM encoder / SonoVLM auto-segment: {ratio:.1f}x (target >= 25x)")
+    results["load_average_1min"] = os.getloadavg()[0]
+    print(f"1-minute load average at the end: {results['load_average_1min']:.2f} on {os.cpu_count()} CPUs")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump(results, stream, indent=2)

@@ -87,6 +87,12 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
         help="auto: bf16 (else fp16) autocast on CUDA, fp32 on CPU",
     )
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per process (0: torch's default; 1 on a busy CPU)",
+    )
     train.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     train.add_argument("--out", required=True, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
@@ -150,7 +156,10 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="SonoVLM training and evaluation: prepare data, train, evaluate, compare, export.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     prepare = commands.add_parser("prepare", help="convert a public dataset into the public layout")

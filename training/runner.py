@@ -139,7 +139,12 @@ def _cases(args: argparse.Namespace, stage: Stage) -> dict[str, list[Case]]:
     datasets = [d.strip() for d in args.dataset.split(",") if d.strip()]
     if not datasets:
         raise SonoInputError("--dataset", "name at least one dataset")
-    organs = dict(item.split("=", 1) for item in (args.organ or []))
+    organs = {}
+    for item in args.organ or []:
+        dataset, sep, organ = item.partition("=")
+        if not sep or not dataset or not organ:
+            raise SonoInputError("--organ", f"{item!r} is not DATASET=ORGAN")
+        organs[dataset] = organ
     out = {}
     for split in ("train", "val", "test"):
         ratio = args.train_ratio if split == "train" else 1.0
@@ -170,6 +175,8 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
             seed=args.seed,
             num_workers=args.workers,
         )
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         seed_everything(args.seed + info.rank)
         model = build_model(args).to(info.device)
         stage.configure(model, getattr(args, "freeze_adapter", False))

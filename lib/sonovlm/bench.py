@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -51,12 +52,28 @@ def _models(backbone: str) -> dict[str, object]:
     return models
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
 def run_benchmark(
     backbone: str = "vit-b16", repeats: int = 10, warmup: int = 2, threads: int | None = None
 ) -> dict:
     """Time the forwards; returns ``{"ms": {name: median}, "ratio": {name: ratio to bare}, ...}``."""
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _run(backbone, repeats, warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(backbone: str, repeats: int, warmup: int) -> dict:
+    load_before = _load_average()
     started = time.perf_counter()
     models = _models(backbone)
     build_s = time.perf_counter() - started
@@ -99,6 +116,8 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [load_before, _load_average()],
         "build_s": round(build_s, 1),
         "ms": {name: round(value, 2) for name, value in medians.items()},
         "ratio": {name: round(value / bare, 3) for name, value in medians.items()},
@@ -124,6 +143,12 @@ def format_report(result: dict) -> str:
             f"{result['flop_ratio'][name]:>9.3f}  {verdict}"
         )
     lines.append("GFLOP: matmul/convolution FLOPs counted by torch (elementwise work not included).")
+    busiest = max((v for v in result["load_average"] if v is not None), default=None)
+    if busiest is not None and result["cpu_count"] and busiest > 0.5 * result["cpu_count"]:
+        lines.append(
+            f"WARNING: the machine was busy (1-min load average up to {busiest:.1f} on "
+            f"{result['cpu_count']} CPUs): timings are noisy; the FLOP ratios are not."
+        )
     return "\n".join(lines)
 
 

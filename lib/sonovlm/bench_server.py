@@ -5,8 +5,9 @@
 In one run, on one machine:
 
 * ``bare_forward``: the frozen backbone's vision tower alone (batch 1, the backbone's input size),
-  in this process with ``--threads`` torch threads, median of ``--requests`` runs (the server is
-  idle meanwhile);
+  in this process with ``--threads`` torch threads, median of ``--requests`` runs, each run just
+  before one ``cold`` request (interleaved: load changes on the machine hit both alike; the server
+  is idle during a bare run and this process during a request);
 * a server (``python -m monailabel.main start_server``, ``--conf threads`` the same, scoring off)
   on a studies folder of copies of one 640 × 480 JPEG 2000 US DICOM;
 * ``cold``: ``--requests`` sequential ``POST /infer/segmentation`` on different images (decode,
@@ -68,27 +69,32 @@ def jpeg2000_dicom(path: Path, rows: int = 480, cols: int = 640, seed: int = 0) 
     ds.save_as(str(path), write_like_original=False)
 
 
-def bare_forward_seconds(backbone: str, repeats: int, device: str) -> float:
-    """Median seconds of the vision tower's forward alone (batch 1)."""
-    import torch
+class BareForward:
+    """The vision tower of the frozen backbone alone (batch 1), timed one forward at a time."""
 
-    from .model import load_backbone
+    def __init__(self, backbone: str, device: str) -> None:
+        import torch
 
-    loaded = load_backbone(backbone)
-    vision = loaded.clip.vision_model.to(device).eval()
-    x = torch.randn(1, 3, loaded.image_size, loaded.image_size, device=device)
-    times = []
-    with torch.inference_mode():
-        for n in range(repeats + 3):
-            if device.startswith("cuda"):
+        from .model import load_backbone
+
+        loaded = load_backbone(backbone)
+        self.device = device
+        self.vision = loaded.clip.vision_model.to(device).eval()
+        self.x = torch.randn(1, 3, loaded.image_size, loaded.image_size, device=device)
+        for _ in range(3):
+            self.seconds()
+
+    def seconds(self) -> float:
+        import torch
+
+        with torch.inference_mode():
+            if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            vision(pixel_values=x)
-            if device.startswith("cuda"):
+            self.vision(pixel_values=self.x)
+            if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            if n >= 3:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            return time.perf_counter() - start
 
 
 def _free_port() -> int:
@@ -172,6 +178,21 @@ def start_server(
     raise RuntimeError("server did not start within 600 s")
 
 
+def server_latencies(log_path: Path) -> list[dict[str, float]]:
+    """MONAI Label's per-request stage times from the server log: total, pre (decode), inferer
+    (model), write (mask file, measurements)."""
+    import re
+
+    pattern = re.compile(r"Latencies => Total: ([\d.]+); Pre: ([\d.]+); Inferer: ([\d.]+);.*Write: ([\d.]+)")
+    found = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = pattern.search(line)
+        if match:
+            total, pre, inferer, write = (float(v) for v in match.groups())
+            found.append({"total": total, "pre": pre, "inferer": inferer, "write": write})
+    return found
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -191,12 +212,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n in range(1, total):
         shutil.copy2(master, studies / f"image_{n:03d}.dcm")
 
-    bare = bare_forward_seconds(args.backbone, args.requests, device)
+    bare_forward = BareForward(args.backbone, device)
     proc, url = start_server(studies, work, args.backbone, args.threads, device)
     try:
         rss_after_warmup = psutil.Process(proc.pid).memory_info().rss
         ids = [f"image_{n:03d}" for n in range(total)]
-        cold = [segment(url, image_id) for image_id in ids[: args.requests]]
+        # Interleaved rounds (a bare forward here, then one request while this process idles), so
+        # a change of load on the machine hits both alike.
+        bare_times, cold = [], []
+        for image_id in ids[: args.requests]:
+            bare_times.append(bare_forward.seconds())
+            cold.append(segment(url, image_id))
+        bare = statistics.median(bare_times)
         warm = [
             segment(url, ids[0], organ) for organ in ("lymph_node", "thyroid_nodule") * (args.requests // 2)
         ]
@@ -222,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proc.terminate()
         proc.wait(30)
 
+    stages = server_latencies(work / "server.log")[-(len(cold) + len(warm) + len(concurrent)) :][: len(cold)]
     cold_p50 = statistics.median(cold)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -236,6 +264,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cold_p95_s": round(percentile(cold, 95), 4),
         "cold_p50_over_bare": round(cold_p50 / bare, 2),
         "target_ratio": TARGET_RATIO,
+        "cold_server_p50_s": {k: round(statistics.median(v[k] for v in stages), 4) for k in stages[0]}
+        if stages
+        else None,
         "warm_p50_s": round(statistics.median(warm), 4),
         "concurrent_clients": args.concurrency,
         "concurrent_p95_s": round(percentile(concurrent, 95), 4) if concurrent else None,

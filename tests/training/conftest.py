@@ -62,6 +62,18 @@ def write_layout(root: Path, datasets: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a CPU shared with other
+    jobs OpenMP threads that spin for each other make small steps tens of times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """BUSI (10 images) and TN3K (10 images), synthetic, in the public layout."""

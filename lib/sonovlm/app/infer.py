@@ -202,7 +202,7 @@ class _SonoInferTask(BasicInferTask):
 
     def _remember(self, data: dict[str, Any], kind: str, summary: dict[str, Any]) -> None:
         image_id = data.get("image_id")
-        if image_id and self.results is not None:
+        if image_id and self.results is not None and not data.get("warm_up"):
             try:
                 self.results(image_id, kind, summary)
             except OSError as exc:  # the answer matters more than the report's copy of it

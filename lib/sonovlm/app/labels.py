@@ -69,7 +69,9 @@ def read_label_slices(path: str | os.PathLike, n_frames: int = 1) -> np.ndarray:
         if volume is not None and volume.ndim == 3 and volume.shape[0] == n_frames:
             return np.asarray(volume)
         if volume is not None and volume.ndim == 3 and volume.shape[0] > 1:
-            raise SonoInputError("label", f"has {volume.shape[0]} slices but the image has {n_frames} frame(s)")
+            raise SonoInputError(
+                "label", f"has {volume.shape[0]} slices but the image has {n_frames} frame(s)"
+            )
     return np.asarray(load_mask(path))[None]
 
 

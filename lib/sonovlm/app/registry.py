@@ -63,6 +63,7 @@ class ModelRegistry:
         self._reload_lock = threading.Lock()
         self._waiting_lock = threading.Lock()
         self._requests_waiting = 0
+        self._described: tuple[Any, dict[str, Any]] | None = None
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -208,7 +209,12 @@ class ModelRegistry:
         """What ``/info`` shows for each task: backbone, adapter, served version, any load error."""
         if self._predictor is None:
             return {"backbone": self.config.backbone, "adapter": self.config.adapter, "model_version": None}
-        details = model_access.describe(self._predictor)
+        predictor = self._predictor
+        key = (id(predictor), predictor.model_version)
+        if self._described is None or self._described[0] != key:
+            # describe() hashes the weights of a never-saved model: once per served version.
+            self._described = (key, model_access.describe(predictor))
+        details = dict(self._described[1])
         details.update(
             {"model_version": self.model_version, "model_source": self._source, "device": self.device}
         )

@@ -158,7 +158,10 @@ class SonoVLMServer(MONAILabelApp):
             first = sorted(images)[0]
             try:
                 for task in self._infers.values():
-                    task({"image": datastore.get_image_uri(first), "image_id": first, "logging": "WARNING"})
+                    request = {"image": datastore.get_image_uri(first), "image_id": first, "warm_up": True}
+                    mask_path, _ = task({**request, "logging": "WARNING"})
+                    if mask_path:
+                        os.unlink(mask_path)
             except Exception as exc:  # a bad study must not stop the server; it is a 4xx later
                 logger.warning("Warm-up on %s failed: %s", first, exc)
         logger.info("Warm-up done (model %.2f s)", seconds)

@@ -310,6 +310,9 @@ class _SonoTrainer(BasicTrainTask):
     def finalize(self, context: Context) -> None:
         self._epochs = []
         self._best = None
+        self._losses: list[float] = []
+        context.trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: self._losses.clear())
+        context.trainer.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         source = context.evaluator or context.trainer
         source.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._epoch_completed(context))
         context.trainer.add_event_handler(Events.COMPLETED, lambda _: self._publish(context))
@@ -323,12 +326,15 @@ class _SonoTrainer(BasicTrainTask):
 
     # -- per epoch ---------------------------------------------------------------------------------
 
+    def _iteration_completed(self, engine) -> None:
+        loss = from_engine(["loss"], first=True)(engine.state.output)[0]
+        self._losses.append(float(loss))
+
     def _epoch_completed(self, context: Context) -> None:
         trainer, evaluator = context.trainer, context.evaluator
         record: dict[str, Any] = {"epoch": trainer.state.epoch}
-        loss = trainer.state.output[0]["loss"] if isinstance(trainer.state.output, list) else None
-        if loss is not None:
-            record["train_loss"] = float(loss)
+        if self._losses:
+            record["train_loss"] = sum(self._losses) / len(self._losses)
         for name, value in trainer.state.metrics.items():
             record[name] = _finite(value)
         if evaluator is not None:

@@ -13,31 +13,38 @@ pixels as stored:
 
 from __future__ import annotations
 
+import mmap
 import os
-import struct
 import warnings
-import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..errors import SonoInputError
 from .colour import invert_monochrome1, palette_to_rgb, ybr_full_to_rgb
+from .dicom_header import (
+    CORRUPT_DICOM_ERRORS,
+    DECODED_AS_RGB,
+    YBR,
+    PixelFormat,
+    element_value,
+    is_empty,
+    read_pixel_format,
+    shown,
+)
 from .dicom_pixels import decode_pixels
 from .image import UltrasoundImage
 from .regions import regions_from_dataset
 
-GREY = ("MONOCHROME1", "MONOCHROME2")
-#: Photometric interpretations whose decoded data is already RGB.
-DECODED_AS_RGB = ("RGB", "YBR_ICT", "YBR_RCT")
-YBR = ("YBR_FULL", "YBR_FULL_422")
-PALETTE = "PALETTE COLOR"
-SUPPORTED_PHOTOMETRIC = (*GREY, *DECODED_AS_RGB, *YBR, PALETTE)
-
-_REQUIRED = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
-
 
 def read_dataset(path: str | os.PathLike, force: bool = False):
     """Parse a DICOM file with pydicom; a file pydicom cannot parse raises SonoInputError.
+
+    The file is parsed from a read-only memory map. pydicom reads each value with
+    ``read(length)``; a file object allocates ``length`` bytes before it finds the file shorter,
+    so a corrupt length field asks for gigabytes, where a memory map returns the bytes that are
+    there and the short value is then found like any other truncation.
 
     pydicom 2.4.5 reads a file that ends inside an element of undefined length (encapsulated
     pixel data) by warning and dropping the element; that is reported here as truncation when
@@ -47,13 +54,17 @@ def read_dataset(path: str | os.PathLike, force: bool = False):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    with warnings.catch_warnings(record=True) as caught:
+    with _read_only_map(path) as mapped, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            dataset = pydicom.dcmread(os.fspath(path), force=force)
+            # dcmread converts a few values itself (file meta, SpecificCharacterSet), so value
+            # conversion failures come out of it as well as parsing failures.
+            dataset = pydicom.dcmread(mapped, force=force)
         except InvalidDicomError as exc:
             raise SonoInputError(path, f"not a DICOM file: {exc}") from exc
-        except (EOFError, struct.error, zlib.error, ValueError, KeyError, TypeError, OverflowError) as exc:
+        except MemoryError as exc:
+            raise SonoInputError(path, f"DICOM file of {len(mapped)} bytes does not fit in memory") from exc
+        except CORRUPT_DICOM_ERRORS as exc:
             raise SonoInputError(path, f"DICOM file is truncated or corrupt: {exc}") from exc
     ended_early = any("End of file reached" in str(w.message) for w in caught)
     if ended_early and "PixelData" not in dataset:
@@ -61,8 +72,24 @@ def read_dataset(path: str | os.PathLike, force: bool = False):
     return dataset
 
 
+@contextmanager
+def _read_only_map(path: str | os.PathLike) -> Iterator[mmap.mmap]:
+    try:
+        with open(path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError as exc:  # mmap refuses an empty file
+        raise SonoInputError(path, "file is empty") from exc
+    except OSError as exc:
+        raise SonoInputError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    with mapped:
+        yield mapped
+
+
 def read_dicom(path: str | os.PathLike, force: bool = False) -> UltrasoundImage:
     """Read a DICOM image or cine loop, verifying its pixel data.
+
+    Every element used is read (and so converted by pydicom) and checked before the pixel data
+    is decoded; see :mod:`.dicom_header`.
 
     Args:
         path: the file.
@@ -74,43 +101,33 @@ def read_dicom(path: str | os.PathLike, force: bool = False) -> UltrasoundImage:
         raise SonoInputError(
             source, "DICOM file has no pixel data (not an image, or cut off before its pixel data)"
         )
-    missing = [k for k in _REQUIRED if k not in dataset]
-    if missing:
-        raise SonoInputError(source, f"DICOM image is missing {', '.join(missing)}")
-    _ensure_transfer_syntax(dataset)
-    photometric = str(dataset.PhotometricInterpretation).strip().upper()
-    if photometric not in SUPPORTED_PHOTOMETRIC:
-        raise SonoInputError(
-            source,
-            f"unsupported photometric interpretation {photometric}; "
-            f"SonoVLM reads {', '.join(SUPPORTED_PHOTOMETRIC)}",
-        )
-    samples = int(dataset.SamplesPerPixel)
-    expected_samples = 3 if photometric in (*DECODED_AS_RGB, *YBR) else 1
-    if samples != expected_samples:
-        raise SonoInputError(source, f"{photometric} with {samples} samples per pixel is not valid DICOM")
-    if int(dataset.Rows) < 1 or int(dataset.Columns) < 1:
-        raise SonoInputError(source, "DICOM image has no rows or columns")
+    _ensure_transfer_syntax(dataset, source)
+    pixel_format = read_pixel_format(dataset, source)
+    modality = _text(element_value(dataset, "Modality", source))
+    frame_time_ms = _frame_time_ms(dataset, source)
+    try:
+        regions = regions_from_dataset(dataset, pixel_format.rows, pixel_format.cols)
+    except CORRUPT_DICOM_ERRORS as exc:
+        raise SonoInputError(source, f"DICOM SequenceOfUltrasoundRegions is corrupt: {exc}") from exc
 
     with warnings.catch_warnings():
         # Decoders warn about oddities they handle (J2K sign, padding); failures raise.
         warnings.simplefilter("ignore")
-        stored = decode_pixels(dataset, source)
-    frames, luma, channels = _to_display(stored, dataset, photometric, source)
-    n_frames, rows, cols = frames.shape[:3]
+        stored = decode_pixels(dataset, pixel_format, source)
+    frames, luma, channels = _to_display(stored, dataset, pixel_format, source)
     return UltrasoundImage(
         frames=frames,
         source=source,
-        modality=_text(dataset.get("Modality")),
-        photometric=photometric,
+        modality=modality,
+        photometric=pixel_format.photometric,
         channels=channels,
-        frame_time_ms=_frame_time_ms(dataset),
-        regions=regions_from_dataset(dataset, rows, cols),
+        frame_time_ms=frame_time_ms,
+        regions=regions,
         luma=luma,
     )
 
 
-def _ensure_transfer_syntax(dataset) -> None:
+def _ensure_transfer_syntax(dataset, source: str) -> None:
     """A raw dataset (no file meta) is uncompressed in the VR and endianness it was parsed with."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -118,7 +135,7 @@ def _ensure_transfer_syntax(dataset) -> None:
     meta = getattr(dataset, "file_meta", None)
     if meta is None:
         meta = dataset.file_meta = FileMetaDataset()
-    if "TransferSyntaxUID" not in meta:
+    if is_empty(element_value(meta, "TransferSyntaxUID", source)):
         if dataset.is_implicit_VR:
             meta.TransferSyntaxUID = ImplicitVRLittleEndian
         elif dataset.is_little_endian:
@@ -128,45 +145,57 @@ def _ensure_transfer_syntax(dataset) -> None:
 
 
 def _to_display(
-    stored: np.ndarray, dataset, photometric: str, source: str
+    stored: np.ndarray, dataset, pixel_format: PixelFormat, source: str
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Stored pixels to (frames as grey or RGB, stored Y plane or None, channels)."""
+    photometric = pixel_format.photometric
     if photometric == "MONOCHROME1":
-        signed = int(dataset.get("PixelRepresentation", 0)) == 1
-        bits = int(dataset.get("BitsStored", dataset.BitsAllocated))
-        return invert_monochrome1(stored, bits, signed), None, 1
+        return invert_monochrome1(stored, pixel_format.bits_stored, pixel_format.signed), None, 1
     if photometric == "MONOCHROME2":
         return stored, None, 1
     if photometric in DECODED_AS_RGB:
         return stored, None, 3
     if photometric in YBR:
         if stored.dtype != np.uint8:
-            raise SonoInputError(source, f"{photometric} with {dataset.BitsAllocated} bits is not supported")
+            bits = pixel_format.bits_allocated
+            raise SonoInputError(source, f"{photometric} with {bits} bits is not supported")
         return ybr_full_to_rgb(stored), stored[..., 0].copy(), 3
-    # PALETTE COLOR
+    # PALETTE COLOR: the lookup table elements are first read (and converted) here.
     try:
         return palette_to_rgb(stored, dataset), None, 3
-    except (ValueError, AttributeError, KeyError, IndexError) as exc:
+    except (AttributeError, IndexError, *CORRUPT_DICOM_ERRORS) as exc:
         raise SonoInputError(source, f"cannot apply the palette colour lookup table: {exc}") from exc
 
 
-def _frame_time_ms(dataset) -> float | None:
+def _frame_time_ms(dataset, source: str) -> float | None:
     """FrameTime, else the mean of FrameTimeVector's increments, else 1000 / CineRate."""
-    value = dataset.get("FrameTime")
-    if value not in (None, ""):
-        return float(value)
-    vector = dataset.get("FrameTimeVector")
-    if vector not in (None, ""):
-        increments = np.atleast_1d(np.asarray(vector, dtype=float))[1:]  # the first entry is 0
+    value = element_value(dataset, "FrameTime", source)
+    if not is_empty(value):
+        return _number(value, "FrameTime", source)
+    vector = element_value(dataset, "FrameTimeVector", source)
+    if not is_empty(vector):
+        try:
+            times = np.atleast_1d(np.asarray(vector, dtype=float))
+        except (TypeError, ValueError) as exc:
+            raise SonoInputError(source, f"DICOM FrameTimeVector {shown(vector)} is not numbers") from exc
+        increments = times[1:]  # the first entry is 0
         if increments.size:
             return float(increments.mean())
-    rate = dataset.get("CineRate")
-    if rate not in (None, "") and float(rate) > 0:
-        return 1000.0 / float(rate)
+    rate = element_value(dataset, "CineRate", source)
+    if not is_empty(rate) and _number(rate, "CineRate", source) > 0:
+        return 1000.0 / _number(rate, "CineRate", source)
     return None
 
 
+def _number(value, keyword: str, source: str) -> float:
+    """One number from a DS/IS value (an invalid one stays a str in pydicom, with a warning)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise SonoInputError(source, f"DICOM {keyword} {shown(value)} is not a number") from exc
+
+
 def _text(value) -> str | None:
-    if value in (None, ""):
+    if is_empty(value):
         return None
     return str(value)

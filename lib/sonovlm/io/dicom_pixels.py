@@ -35,11 +35,14 @@ from pydicom.uid import (
 )
 
 from ..errors import SonoInputError
+from .codestreams import j2k_size, jpeg_stores_ycbcr, read_jpeg_header
+from .dicom_header import CORRUPT_DICOM_ERRORS, PixelFormat
 
 UNCOMPRESSED = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
 )
-#: Lossy JPEG: the stream may hold YCbCr even where the dataset says RGB (see jpeg_stores_ycbcr).
+#: Lossy JPEG: the stream may hold YCbCr even where the dataset says RGB (see
+#: :func:`.codestreams.jpeg_stores_ycbcr`).
 LOSSY_JPEG = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
 #: Decoded by pylibjpeg-libjpeg.
 LIBJPEG = LOSSY_JPEG | {JPEGLosslessP14, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless}
@@ -48,39 +51,45 @@ PYLIBJPEG_HANDLER = frozenset({JPEG2000Lossless, JPEG2000, RLELossless})
 SUPPORTED_TRANSFER_SYNTAXES = UNCOMPRESSED | LIBJPEG | PYLIBJPEG_HANDLER
 
 
+#: What the decoders raise for data they cannot decode (their exception types are not documented;
+#: these are the ones seen), plus pydicom's failures on values it converts while decoding.
+DECODER_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, IndexError, *CORRUPT_DICOM_ERRORS)
+
+
 def transfer_syntax_name(uid) -> str:
     name = getattr(uid, "name", "") or ""
     return f"{name} ({uid})" if name and name != str(uid) else str(uid)
 
 
-def frame_count(dataset) -> int:
-    value = dataset.get("NumberOfFrames")
-    try:
-        count = int(value) if value not in (None, "") else 1
-    except (TypeError, ValueError):
-        count = 1
-    return max(count, 1)
-
-
-def decode_pixels(dataset, source: str) -> np.ndarray:
+def decode_pixels(dataset, pixel_format: PixelFormat, source: str) -> np.ndarray:
     """The verified pixel data of ``dataset``: ``(frames, rows, cols[, samples])`` as stored.
 
+    ``pixel_format`` is the dataset's validated Image Pixel module (:func:`.read_pixel_format`).
     Raises :class:`SonoInputError` naming ``source`` for an unsupported transfer syntax,
-    truncated data, missing frames or data the decoder rejects.
+    truncated data, missing frames, data the decoder rejects, or pixel data too large for the
+    memory there is.
     """
-    syntax = dataset.file_meta.TransferSyntaxUID
+    syntax = pixel_format.transfer_syntax
     if syntax not in SUPPORTED_TRANSFER_SYNTAXES:
         raise SonoInputError(
             source,
             f"unsupported transfer syntax {transfer_syntax_name(syntax)}; SonoVLM reads uncompressed, "
             "RLE, JPEG baseline/extended/lossless, JPEG-LS and JPEG 2000 DICOM",
         )
-    if syntax in UNCOMPRESSED:
-        return _uncompressed(dataset, source)
-    return _compressed(dataset, syntax, source)
+    try:
+        if syntax in UNCOMPRESSED:
+            return _uncompressed(dataset, pixel_format, source)
+        return _compressed(dataset, pixel_format, source)
+    except MemoryError as exc:
+        # Rows x Columns x frames come from the file; a corrupt header can ask for terabytes.
+        raise SonoInputError(
+            source,
+            f"not enough memory to decode {pixel_format.frames} frame(s) of {pixel_format.rows} x "
+            f"{pixel_format.cols} x {pixel_format.samples} samples at {pixel_format.bits_allocated} bits",
+        ) from exc
 
 
-def _uncompressed(dataset, source: str) -> np.ndarray:
+def _uncompressed(dataset, pixel_format: PixelFormat, source: str) -> np.ndarray:
     expected = get_expected_length(dataset, "bytes")
     actual = len(dataset.PixelData)
     if actual < expected:
@@ -89,23 +98,24 @@ def _uncompressed(dataset, source: str) -> np.ndarray:
         )
     try:
         pixels = dataset.pixel_array
-    except (ValueError, NotImplementedError, AttributeError, TypeError) as exc:
+    except (AttributeError, *DECODER_ERRORS) as exc:
+        # AttributeError: pydicom's numpy handler names a missing conditional element
+        # (PlanarConfiguration of colour data).
         raise SonoInputError(source, f"cannot read the pixel data: {exc}") from exc
-    return _with_frame_axis(np.asarray(pixels), dataset)
+    pixels = np.asarray(pixels)
+    return pixels[None] if pixels.ndim == len(pixel_format.frame_shape) else pixels
 
 
-def _compressed(dataset, syntax, source: str) -> np.ndarray:
-    n_frames = frame_count(dataset)
-    rows, cols, samples = int(dataset.Rows), int(dataset.Columns), int(dataset.SamplesPerPixel)
-    shape = (rows, cols, samples) if samples > 1 else (rows, cols)
-    dtype = pixel_dtype(dataset)
+def _compressed(dataset, pixel_format: PixelFormat, source: str) -> np.ndarray:
+    syntax, n_frames, shape = pixel_format.transfer_syntax, pixel_format.frames, pixel_format.frame_shape
     frames: list[np.ndarray] = []
     try:
+        dtype = pixel_dtype(dataset)
         if syntax in LIBJPEG:
             from libjpeg import decode as libjpeg_decode
 
             for encoded in generate_pixel_data_frame(dataset.PixelData, n_frames):
-                _check_jpeg_end(encoded, len(frames), source)
+                _check_frame(encoded, pixel_format, len(frames), source)
                 # colour_transform 0: the stored components, whatever the dataset says.
                 flat = libjpeg_decode(encoded, 0, reshape=False)
                 frames.append(_reshape_frame(flat, dtype, shape, len(frames), source))
@@ -114,6 +124,9 @@ def _compressed(dataset, syntax, source: str) -> np.ndarray:
         else:
             from pydicom.pixel_data_handlers.pylibjpeg_handler import generate_frames
 
+            if syntax != RLELossless:  # RLE output is sized from the dataset, not the stream
+                for index, encoded in enumerate(generate_pixel_data_frame(dataset.PixelData, n_frames)):
+                    _check_frame(encoded, pixel_format, index, source)
             for frame in generate_frames(dataset, reshape=False):
                 planar = syntax == RLELossless
                 frames.append(_reshape_frame(frame, dtype, shape, len(frames), source, planar))
@@ -121,8 +134,7 @@ def _compressed(dataset, syntax, source: str) -> np.ndarray:
                     break
     except SonoInputError:
         raise
-    except (ValueError, RuntimeError, IndexError, KeyError, EOFError, OSError, TypeError) as exc:
-        # The decoders' exception types are not documented; these are what they raise.
+    except DECODER_ERRORS as exc:
         raise SonoInputError(
             source,
             f"cannot decode the {transfer_syntax_name(syntax)} pixel data "
@@ -133,7 +145,7 @@ def _compressed(dataset, syntax, source: str) -> np.ndarray:
             source, f"pixel data is truncated: {len(frames)} of {n_frames} frames present"
         )
     pixels = np.stack(frames)
-    if syntax in LOSSY_JPEG and dataset.PhotometricInterpretation == "RGB" and samples == 3:
+    if syntax in LOSSY_JPEG and pixel_format.photometric == "RGB":
         first = next(generate_pixel_data_frame(dataset.PixelData, n_frames))
         if jpeg_stores_ycbcr(first):
             from .colour import ybr_full_to_rgb
@@ -142,15 +154,30 @@ def _compressed(dataset, syntax, source: str) -> np.ndarray:
     return pixels
 
 
-def _check_jpeg_end(encoded: bytes, index: int, source: str) -> None:
-    """A JPEG / JPEG-LS frame ends with the EOI marker (plus at most a little padding).
+def _check_frame(encoded: bytes, pixel_format: PixelFormat, index: int, source: str) -> None:
+    """Check a compressed frame's own header before a decoder sizes its buffers from it.
 
-    libjpeg decodes a truncated stream without complaint, filling the rest with grey; EOI cannot
-    occur inside entropy-coded data (0xFF is byte-stuffed there), so its absence at the end means
-    the frame was cut.
+    A JPEG / JPEG-LS frame must end with the EOI marker (plus at most a little padding): libjpeg
+    decodes a truncated stream without complaint, filling the rest with grey; EOI cannot occur
+    inside entropy-coded data (0xFF is byte-stuffed there), so its absence at the end means the
+    frame was cut. Its start-of-frame marker, and a JPEG 2000 frame's SIZ marker, must give the
+    dataset's Rows, Columns and SamplesPerPixel (see :mod:`.codestreams`).
     """
-    if b"\xff\xd9" not in encoded[-8:]:
-        raise SonoInputError(source, f"compressed frame {index} is truncated: no JPEG end-of-image marker")
+    expected = (pixel_format.rows, pixel_format.cols, pixel_format.samples)
+    if pixel_format.transfer_syntax in LIBJPEG:
+        if b"\xff\xd9" not in encoded[-8:]:
+            raise SonoInputError(
+                source, f"compressed frame {index} is truncated: no JPEG end-of-image marker"
+            )
+        size = read_jpeg_header(encoded).size
+    else:
+        size = j2k_size(encoded)
+    if size is not None and size != expected:
+        raise SonoInputError(
+            source,
+            f"compressed frame {index} is {size[0]} x {size[1]} x {size[2]} (rows x columns x samples), "
+            f"but the dataset says {expected[0]} x {expected[1]} x {expected[2]}",
+        )
 
 
 def _reshape_frame(
@@ -173,47 +200,3 @@ def _reshape_frame(
     if planar and len(shape) == 3:  # RLE stores colour planes one after the other
         return flat.reshape(shape[2], shape[0], shape[1]).transpose(1, 2, 0)
     return flat.reshape(shape)
-
-
-def _with_frame_axis(pixels: np.ndarray, dataset) -> np.ndarray:
-    samples = int(dataset.SamplesPerPixel)
-    single_frame_ndim = 3 if samples > 1 else 2
-    if pixels.ndim == single_frame_ndim:
-        return pixels[None]
-    return pixels
-
-
-def jpeg_stores_ycbcr(encoded: bytes) -> bool:
-    """Whether a 3-component JPEG stream holds YCbCr, by libjpeg's rules.
-
-    A JFIF (APP0) marker means YCbCr; an Adobe (APP14) marker says it with its transform flag
-    (0 = RGB); otherwise component ids ``R``, ``G``, ``B`` mean RGB and anything else YCbCr.
-    """
-    pos, end = 2, len(encoded)
-    component_ids: list[int] = []
-    jfif = False
-    adobe_transform: int | None = None
-    while pos + 4 <= end:
-        if encoded[pos] != 0xFF:
-            break
-        marker = encoded[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        length = int.from_bytes(encoded[pos + 2 : pos + 4], "big")
-        body = encoded[pos + 4 : pos + 2 + length]
-        if marker == 0xE0 and body.startswith(b"JFIF\x00"):
-            jfif = True
-        elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
-            adobe_transform = body[11]
-        elif marker in (0xC0, 0xC1, 0xC2, 0xC3) and len(body) >= 6:
-            n = body[5]
-            component_ids = [body[6 + 3 * i] for i in range(n) if 6 + 3 * i < len(body)]
-        elif marker == 0xDA:  # start of scan: the header is over
-            break
-        pos += 2 + length
-    if adobe_transform is not None:
-        return adobe_transform != 0
-    if jfif:
-        return True
-    return component_ids != [ord("R"), ord("G"), ord("B")]

@@ -56,10 +56,19 @@ def region_spacing_mm(item) -> tuple[float, float] | None:
 def regions_from_dataset(dataset, rows: int, cols: int) -> list[UltrasoundRegion]:
     """The ultrasound regions of a pydicom dataset, clipped to a ``rows`` x ``cols`` image.
 
-    Items without all four RegionLocation corners are skipped (they locate nothing).
+    Items without all four RegionLocation corners are skipped (they locate nothing). A value
+    that is not a sequence (a corrupt VR) raises ValueError; pydicom's own failures on corrupt
+    items propagate (the caller names the file).
     """
+    from pydicom.sequence import Sequence
+
+    sequence = dataset.get("SequenceOfUltrasoundRegions")
+    if sequence is None:
+        return []
+    if not isinstance(sequence, Sequence):
+        raise ValueError(f"SequenceOfUltrasoundRegions holds {type(sequence).__name__}, not a sequence")
     regions: list[UltrasoundRegion] = []
-    for item in dataset.get("SequenceOfUltrasoundRegions", []) or []:
+    for item in sequence:
         corners = [
             item.get(k)
             for k in (

@@ -389,9 +389,14 @@ class SonoVLM(nn.Module):
                 if items
             ]
             raise ModelLoadError("weights do not fit this model: " + "; ".join(problems))
+        merged = self.adapter_merged
+        if merged:  # LoRA factors load into the unmerged layers, then fold in again
+            self.unmerge_adapter()
         load_adapter_state_dict(
             self.clip, {k[len("adapter.") :]: v for k, v in state.items() if k.startswith("adapter.")}
         )
+        if merged:
+            self.merge_adapter()
         for prefix, module in (("seg_head", self.seg_head), ("cls_head", self.cls_head)):
             n = len(prefix) + 1
             module.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")})

@@ -85,6 +85,12 @@ def test_merged_lora_saves_the_same_checkpoint(tmp_path):
     a = load_checkpoint(tmp_path / "unmerged.safetensors")
     b = load_checkpoint(tmp_path / "merged.safetensors")
     assert a.state_hash() == b.state_hash()
+    # Weights can be swapped into a merged model (the server does that): same outputs, still merged.
+    b.merge_adapter()
+    b.load_trainable_state_dict(model.trainable_state_dict())
+    assert b.adapter_merged
+    expected, actual = _outputs(a), _outputs(b)
+    torch.testing.assert_close(actual["seg_logits"], expected["seg_logits"], rtol=1e-4, atol=1e-5)
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):
