@@ -10,6 +10,7 @@ even out the ranks are removed by case name.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +113,27 @@ def all_reduce_sum(info: DistInfo, values: list[float]) -> list[float]:
     )
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def on_main(info: DistInfo, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` on rank 0 only, and let every rank know whether it failed.
+
+    Without this, an error in a rank-0-only step (writing a file, say) leaves the other ranks
+    waiting at their next collective until the process group times out. Here rank 0 re-raises
+    its error and the other ranks raise a ``RuntimeError`` naming it. Returns ``fn``'s result on
+    rank 0, ``None`` elsewhere.
+    """
+    error: BaseException | None = None
+    result = None
+    if info.is_main:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # re-raised below, after the other ranks are told
+            error = exc
+    if info.distributed:
+        message = broadcast(info, None if error is None else f"{type(error).__name__}: {error}")
+        if message is not None and error is None:
+            raise RuntimeError(f"rank 0 failed: {message}")
+    if error is not None:
+        raise error
+    return result

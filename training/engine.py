@@ -31,7 +31,7 @@ import torch
 from sonovlm.errors import SonoInputError
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast
+from .distributed import DistInfo, all_reduce_sum, broadcast, on_main
 
 if TYPE_CHECKING:
     from sonovlm.model import SonoVLM
@@ -252,6 +252,12 @@ class Trainer:
         torch.save(self._state(epoch), tmp)
         tmp.replace(path)
 
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        if improved:
+            self.stage.save_best(self.model, self.out / BEST_CHECKPOINT)
+        self._save_state(epoch)
+        (self.out / HISTORY).write_text(json.dumps(self.history, indent=2) + "\n")
+
     def _improved(self, value: float) -> bool:
         if value is None or not math.isfinite(value):
             return False
@@ -328,12 +334,7 @@ class Trainer:
             record["best"] = improved
             self.history.append(record)
             self._log_epoch(record)
-            if self.info.is_main:
-                if improved:
-                    self.stage.save_best(self.model, self.out / BEST_CHECKPOINT)
-                self._save_state(epoch)
-                (self.out / HISTORY).write_text(json.dumps(self.history, indent=2) + "\n")
-            barrier(self.info)
+            on_main(self.info, self._save_epoch, epoch, improved)
             stop = broadcast(self.info, self.bad_epochs >= settings.patience)
             if stop:
                 log.info(
@@ -347,10 +348,8 @@ class Trainer:
             self.writer.flush()
         if self.best_epoch is None:
             # every validation was undefined (NaN): keep the last model so the run still has one
-            if self.info.is_main:
-                self.stage.save_best(self.model, self.out / BEST_CHECKPOINT)
+            on_main(self.info, self.stage.save_best, self.model, self.out / BEST_CHECKPOINT)
             self.best_epoch = self.history[-1]["epoch"] if self.history else 0
-        barrier(self.info)
         return {
             "best_epoch": self.best_epoch,
             f"best_val_{self.stage.monitor}": self.best_value,

@@ -31,7 +31,7 @@ from .augment import train_transforms
 from .data.datasets import Case, build_dataset, collate, pair_cases, split_cases
 from .data.layout import PublicLayout
 from .data.splits import seeded_key
-from .distributed import DistInfo, barrier, cleanup, gather_records, init_distributed
+from .distributed import DistInfo, cleanup, gather_records, init_distributed, on_main
 from .engine import BEST_CHECKPOINT, HISTORY, Trainer, TrainSettings, seed_everything
 from .stages.base import Stage
 
@@ -152,18 +152,18 @@ def _cases(args: argparse.Namespace, stage: Stage) -> dict[str, list[Case]]:
     return out
 
 
+def _prepare_out(out: Path, resume: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / RUN_FILE).exists() and not resume:
+        raise SonoInputError(out, "already holds a run; pass --resume to continue it or choose another --out")
+
+
 def run_stage(args: argparse.Namespace, stage: Stage) -> int:
     """``python -m training STAGE ...``: train (unless zero-shot), evaluate, write the run folder."""
     out = Path(args.out)
     info = init_distributed(args.device)
     try:
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if (out / RUN_FILE).exists() and not args.resume:
-                raise SonoInputError(
-                    out, "already holds a run; pass --resume to continue it or choose another --out"
-                )
-        barrier(info)
+        on_main(info, _prepare_out, out, args.resume)
         setup_logging(out, info)
         settings = TrainSettings(
             epochs=args.epochs,
@@ -206,8 +206,7 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         run_info["settings"].pop("func", None)
-        if info.is_main:
-            report.write_json(out / RUN_FILE, run_info)
+        on_main(info, report.write_json, out / RUN_FILE, run_info)
         log.info(
             "%s: %s + %s on %s (%d process(es)); cases %s",
             stage.name,
@@ -261,20 +260,17 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
             )
             model.eval()
             calibration = stage.finish(model, val_loader, info)
-            if calibration and info.is_main:
-                stage.save_best(model, out / BEST_CHECKPOINT)
+            if calibration:
+                on_main(info, stage.save_best, model, out / BEST_CHECKPOINT)
             summary_fit.update(calibration)
-        elif info.is_main:
-            stage.save_best(model, out / BEST_CHECKPOINT)
-        barrier(info)
+        else:
+            on_main(info, stage.save_best, model, out / BEST_CHECKPOINT)
 
         model.eval()
         test_ds = build_dataset(cases["test"], config, keep_frame=True, **cache)
         test_loader, _ = _loader(test_ds, settings.batch_size, info, 0, False, args.seed)
         records = gather_records(info, stage.evaluate(model, test_loader, info))
-        if info.is_main:
-            write_outputs(out, stage, model, run_info, summary_fit, records, cases["test"], args)
-        barrier(info)
+        on_main(info, write_outputs, out, stage, model, run_info, summary_fit, records, cases["test"], args)
         return 0
     finally:
         cleanup()

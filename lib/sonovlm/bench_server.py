@@ -17,7 +17,10 @@ In one run, on one machine:
   features: only the text-conditioned head runs), p50;
 * ``concurrent``: ``--concurrency`` clients at once on fresh images, p95 (requests queue: MONAI
   Label answers one at a time);
-* resident memory of the server after warm-up and at the end.
+* resident memory of the server after warm-up and at the end;
+* with ``--train-epochs N``: first a segmentation training through the server on 24 sample
+  studies (AMP on CUDA), its time, per-epoch Dice and publish decision. The GPU check is
+  ``python -m sonovlm.bench_server --device cuda --requests 50 --train-epochs 3``.
 
 Target: cold p50 <= 1.5 × bare forward. A benchmark, not a test: it prints figures (and writes
 them with ``--out``) and exits 0 unless the server fails.
@@ -193,6 +196,34 @@ def server_latencies(log_path: Path) -> list[dict[str, float]]:
     return found
 
 
+def train(url: str, epochs: int) -> dict[str, Any]:
+    """``POST /train/segmentation`` on the sample studies and wait: seconds, per-epoch Dice, publish."""
+    request = urllib.request.Request(
+        f"{url}/train/segmentation",
+        data=json.dumps({"max_epochs": epochs, "train_batch_size": 8}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        response.read()
+    while True:
+        time.sleep(2)
+        status = _get_json(f"{url}/train/")["status"]
+        if status not in ("SUBMITTED", "RUNNING"):
+            break
+    stats = _get_json(f"{url}/info/")["train_stats"].get("segmentation", {})
+    return {
+        "status": status,
+        "seconds": round(time.perf_counter() - start, 1),
+        "amp": bool(stats.get("amp")),
+        "epochs": [
+            {k: e.get(k) for k in ("epoch", "train_loss", "val_mean_dice")} for e in stats.get("epochs", [])
+        ],
+        "publish": stats.get("publish"),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -211,12 +242,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = args.requests + args.concurrency + 1
     for n in range(1, total):
         shutil.copy2(master, studies / f"image_{n:03d}.dcm")
+    if args.train_epochs:
+        from .sample_data import write_sample_studies
+
+        write_sample_studies(studies, count=24, seed=0)
 
     bare_forward = BareForward(args.backbone, device)
     proc, url = start_server(studies, work, args.backbone, args.threads, device)
+    training = None
     try:
         rss_after_warmup = psutil.Process(proc.pid).memory_info().rss
-        ids = [f"image_{n:03d}" for n in range(total)]
+        if args.train_epochs:
+            training = train(url, args.train_epochs)
+        # image_000 is the one the server warms up on (first in id order): never timed as cold.
+        ids = [f"image_{n:03d}" for n in range(1, total)]
         # Interleaved rounds (a bare forward here, then one request while this process idles), so
         # a change of load on the machine hits both alike.
         bare_times, cold = [], []
@@ -275,6 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_end_mb": round(rss_end / 2**20, 1),
         "requests": args.requests,
     }
+    if training is not None:
+        result["training"] = training
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -290,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=2, help="torch threads, here and in the server (default 2)"
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--train-epochs",
+        type=int,
+        default=0,
+        help="first train segmentation this many epochs on 24 sample studies through the server (GPU check)",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     result = run(args)

@@ -86,7 +86,7 @@ def test_training_runs_aside_and_publishes(client, server):
 
     stats = train_stats(client, "segmentation")
     assert stats["state"] == "done" and [e["epoch"] for e in stats["epochs"]] == [1, 2]
-    assert all(0.0 <= e["val_mean_dice"] <= 1.0 for e in stats["epochs"])
+    assert all(0.0 <= e["val_mean_dice"] <= 1.0 and e["train_loss"] > 0 for e in stats["epochs"])
     decision = stats["publish"]
     assert decision["published"] is True and "first trained model" in decision["reason"]
     assert "val_mean_dice" in decision["candidate"] and "val_mean_dice" in decision["served"]
@@ -115,6 +115,13 @@ def test_classification_training_reports_accuracy_and_auc(client):
     else:
         assert candidate <= served and "does not beat" in decision["reason"]
         assert served_version(client) == before
+
+
+def test_run_sync_is_refused(server):
+    response = requests.post(
+        f"{server.url}/train/segmentation", params={"run_sync": "true"}, json={}, timeout=60
+    )
+    assert response.status_code == 400 and "blocks every request" in response.json()["detail"]
 
 
 def test_stop_mid_training_keeps_the_served_model(client, server):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,23 @@ def test_two_process_gloo_run(tmp_path, make_layout):
         str(out),
         *options.split(),
     ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # own process group, so that a timeout ends the launcher and both ranks, not the launcher alone
+    job = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = job.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        output, _ = job.communicate()
+        pytest.fail(f"torchrun job timed out:\n{output[-4000:]}")
+    assert job.returncode == 0, output[-4000:]
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["world_size"] == 2 and run_info["device"] == "cpu"
     metrics = json.loads((out / "metrics.json").read_text())

@@ -31,7 +31,7 @@ from ..organs import ORGAN_LABELS
 from .config import AppConfig
 from .datastore import STATE_DIR, SonoDatastore
 from .frames import ImageCache
-from .http import not_found
+from .http import bad_input, not_found
 from .infer import DEFAULT_ORGAN, ClassificationTask, SegmentationTask
 from .model_store import ModelStore
 from .registry import ModelRegistry
@@ -59,6 +59,7 @@ class SonoVLMServer(MONAILabelApp):
         self.results = ResultLog(state_dir / "results")
         self.served = ServedLog()
         self.scorer: BackgroundScorer | None = None
+        self._rescored_for: tuple[str, int] | None = None
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -118,12 +119,23 @@ class SonoVLMServer(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Any]:
         version = self._served_version
+        missing = self._rescore_new_images
         return {
             "random": RandomStrategy(self.served),
             "first": FirstStrategy(self.served),
-            "uncertainty": UncertaintyStrategy(self.served, self.scores, version),
-            "diversity": DiversityStrategy(self.served, self.scores, version),
+            "uncertainty": UncertaintyStrategy(self.served, self.scores, version, on_missing=missing),
+            "diversity": DiversityStrategy(self.served, self.scores, version, on_missing=missing),
         }
+
+    def _rescore_new_images(self) -> None:
+        """One extra scoring pass per (model version, image count): unreadable images never loop."""
+        scorer = self.scorer
+        if scorer is None or not self.app_config.auto_scoring or scorer.status()["state"] != "idle":
+            return
+        key = (self.registry.model_version, len(self.datastore().list_images()))
+        if key != self._rescored_for:
+            self._rescored_for = key
+            scorer.schedule("images without scores")
 
     def init_scoring_methods(self) -> dict[str, Any]:
         return {}
@@ -228,6 +240,18 @@ class SonoVLMServer(MONAILabelApp):
             elif not os.path.isfile(image):
                 raise not_found(f"image {image!r} is not in the datastore")
         return super().infer(request, datastore)
+
+    def train(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Train (in MONAI Label's training subprocess). ``run_sync`` would train inside the server
+        process and block every request until it ends: refused with 400."""
+        if self._server_mode:
+            raise bad_input(
+                "run_sync",
+                "training inside the server blocks every request; start it without run_sync "
+                "(POST /train/MODEL runs in a subprocess)",
+                status=400,
+            )
+        return super().train(request)
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         strategy = request.get("strategy") or "random"

@@ -9,7 +9,8 @@ Rules shared by every strategy (MONAI Label 0.8.5's own ``first`` repeats the sa
 * With no candidate: 404 and a message.
 * ``uncertainty`` and ``diversity`` need scores or embeddings of the served model version (see
   :mod:`sonovlm.app.scoring`); until those exist they pick at random and say so in the reply
-  (``fallback`` and ``fallback_reason``).
+  (``fallback`` and ``fallback_reason``). Images added after the last scoring pass are not ranked
+  (``unscored`` in the reply) and ask for a new pass.
 """
 
 from __future__ import annotations
@@ -124,22 +125,33 @@ class UncertaintyStrategy(SonoStrategy):
     name = "uncertainty"
 
     def __init__(
-        self, served: ServedLog, scores: ScoreStore, model_version: Callable[[], str], seed: int | None = None
+        self,
+        served: ServedLog,
+        scores: ScoreStore,
+        model_version: Callable[[], str],
+        seed: int | None = None,
+        on_missing: Callable[[], None] | None = None,
     ) -> None:
         super().__init__("Highest predictive entropy (MC dropout) under the served model", served, seed)
         self.scores = scores
         self.model_version = model_version
+        self.on_missing = on_missing
 
     def choose(self, candidates, client, datastore):
         version = self.model_version()
         scores = self.scores.uncertainty(version)
         scored = {c: scores[c] for c in candidates if scores and c in scores}
+        _report_missing(self.on_missing, len(scored), len(candidates))
         if not scored:
             return self.random_choice(
                 candidates, f"no uncertainty scores for model version {version} yet (computed after publish)"
             )
         image_id = max(scored, key=lambda c: (scored[c], c))
-        return image_id, {"score": scored[image_id], "model_version": version}
+        return image_id, {
+            "score": scored[image_id],
+            "model_version": version,
+            "unscored": len(candidates) - len(scored),
+        }
 
 
 class DiversityStrategy(SonoStrategy):
@@ -149,15 +161,22 @@ class DiversityStrategy(SonoStrategy):
     name = "diversity"
 
     def __init__(
-        self, served: ServedLog, scores: ScoreStore, model_version: Callable[[], str], seed: int | None = None
+        self,
+        served: ServedLog,
+        scores: ScoreStore,
+        model_version: Callable[[], str],
+        seed: int | None = None,
+        on_missing: Callable[[], None] | None = None,
     ) -> None:
         super().__init__("k-centre greedy over image embeddings against the labelled images", served, seed)
         self.scores = scores
         self.model_version = model_version
+        self.on_missing = on_missing
 
     def choose(self, candidates, client, datastore):
         version = self.model_version()
         embeddings = self.scores.embeddings(version)
+        _report_missing(self.on_missing, sum(c in (embeddings or {}) for c in candidates), len(candidates))
         if not embeddings or not any(c in embeddings for c in candidates):
             return self.random_choice(
                 candidates, f"no image embeddings for model version {version} yet (computed after publish)"
@@ -171,6 +190,12 @@ class DiversityStrategy(SonoStrategy):
         distance = k_centre_distances(np.stack([embeddings[c] for c in scored]), np.stack(centre_vectors))
         best = int(np.argmax(distance))
         return scored[best], {"score": float(distance[best]), "model_version": version}
+
+
+def _report_missing(on_missing: Callable[[], None] | None, scored: int, candidates: int) -> None:
+    """Ask for scores of images added since the last scoring pass (it runs in the background)."""
+    if on_missing is not None and scored < candidates:
+        on_missing()
 
 
 def k_centre_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -327,7 +327,8 @@ class _SonoTrainer(BasicTrainTask):
     # -- per epoch ---------------------------------------------------------------------------------
 
     def _iteration_completed(self, engine) -> None:
-        loss = from_engine(["loss"], first=True)(engine.state.output)[0]
+        output = engine.state.output
+        loss = (output[0] if isinstance(output, list) else output)["loss"]
         self._losses.append(float(loss))
 
     def _epoch_completed(self, context: Context) -> None:
@@ -359,6 +360,8 @@ class _SonoTrainer(BasicTrainTask):
             "train_items": len(context.train_datalist or []),
             "val_items": len(context.val_datalist or []),
             "key_metric": self.key_metric,
+            "device": str(context.device),
+            "amp": bool(self._amp and context.device.type == "cuda"),
             "best_metric": self._best[0] if self._best and math.isfinite(self._best[0]) else None,
             "base_model": self._base,
             "epochs": self._epochs,

@@ -13,9 +13,10 @@ All arrays follow the package conventions: ``(frames, rows, cols[, channels])``,
 boxes ``[x0, y0, x1, y1]`` with exclusive ends, ``spacing_mm = (row_mm, col_mm)``.
 
 Modules: :mod:`.image` (data classes, entry points), :mod:`.reader` (dispatch by content),
-:mod:`.formats` (sniffing), :mod:`.dicom` / :mod:`.dicom_pixels` (DICOM), :mod:`.raster`
-(Pillow), :mod:`.volume` (NRRD, NIfTI), :mod:`.regions`, :mod:`.colour`, :mod:`.mask`,
-:mod:`.imaging_area` (imaging area without region tags).
+:mod:`.formats` (sniffing), :mod:`.dicom` / :mod:`.dicom_header` / :mod:`.dicom_pixels` /
+:mod:`.codestreams` (DICOM), :mod:`.raster` (Pillow), :mod:`.volume` (NRRD, NIfTI),
+:mod:`.regions`, :mod:`.colour`, :mod:`.mask`, :mod:`.imaging_area` (imaging area without
+region tags).
 """
 
 from .image import UltrasoundImage, UltrasoundRegion, load_image, load_mask

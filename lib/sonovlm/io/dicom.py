@@ -13,11 +13,9 @@ pixels as stored:
 
 from __future__ import annotations
 
-import mmap
+import io
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -41,10 +39,8 @@ from .regions import regions_from_dataset
 def read_dataset(path: str | os.PathLike, force: bool = False):
     """Parse a DICOM file with pydicom; a file pydicom cannot parse raises SonoInputError.
 
-    The file is parsed from a read-only memory map. pydicom reads each value with
-    ``read(length)``; a file object allocates ``length`` bytes before it finds the file shorter,
-    so a corrupt length field asks for gigabytes, where a memory map returns the bytes that are
-    there and the short value is then found like any other truncation.
+    The file is read through :class:`BoundedReader`, so a corrupt length field cannot make
+    pydicom allocate more than the file holds.
 
     pydicom 2.4.5 reads a file that ends inside an element of undefined length (encapsulated
     pixel data) by warning and dropping the element; that is reported here as truncation when
@@ -54,16 +50,20 @@ def read_dataset(path: str | os.PathLike, force: bool = False):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    with _read_only_map(path) as mapped, warnings.catch_warnings(record=True) as caught:
+    try:
+        handle = BoundedReader(path)
+    except OSError as exc:
+        raise SonoInputError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    with handle, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             # dcmread converts a few values itself (file meta, SpecificCharacterSet), so value
             # conversion failures come out of it as well as parsing failures.
-            dataset = pydicom.dcmread(mapped, force=force)
+            dataset = pydicom.dcmread(handle, force=force)
         except InvalidDicomError as exc:
             raise SonoInputError(path, f"not a DICOM file: {exc}") from exc
         except MemoryError as exc:
-            raise SonoInputError(path, f"DICOM file of {len(mapped)} bytes does not fit in memory") from exc
+            raise SonoInputError(path, f"DICOM file of {handle.size} bytes does not fit in memory") from exc
         except CORRUPT_DICOM_ERRORS as exc:
             raise SonoInputError(path, f"DICOM file is truncated or corrupt: {exc}") from exc
     ended_early = any("End of file reached" in str(w.message) for w in caught)
@@ -72,17 +72,26 @@ def read_dataset(path: str | os.PathLike, force: bool = False):
     return dataset
 
 
-@contextmanager
-def _read_only_map(path: str | os.PathLike) -> Iterator[mmap.mmap]:
-    try:
-        with open(path, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    except ValueError as exc:  # mmap refuses an empty file
-        raise SonoInputError(path, "file is empty") from exc
-    except OSError as exc:
-        raise SonoInputError(path, f"cannot read the file: {exc.strerror or exc}") from exc
-    with mapped:
-        yield mapped
+class BoundedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` asks for no more than what is left of the file.
+
+    pydicom reads each value with ``read(length)``, and a buffered file allocates ``length``
+    bytes before it finds the file shorter: a corrupt length field asks for gigabytes
+    (MemoryError, or an allocation the size of the claim). Reading only what is there gives the
+    short value that pydicom then handles like any other truncation. Seeking stays a file's
+    (past the end is allowed), which pydicom's scan of encapsulated pixel data relies on.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(io.FileIO(os.fspath(path), "rb"))
+        self.size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self.size - self.tell(), 0))
+            if size == 0:
+                return b""
+        return super().read(size)
 
 
 def read_dicom(path: str | os.PathLike, force: bool = False) -> UltrasoundImage:
@@ -101,20 +110,20 @@ def read_dicom(path: str | os.PathLike, force: bool = False) -> UltrasoundImage:
         raise SonoInputError(
             source, "DICOM file has no pixel data (not an image, or cut off before its pixel data)"
         )
-    _ensure_transfer_syntax(dataset, source)
-    pixel_format = read_pixel_format(dataset, source)
-    modality = _text(element_value(dataset, "Modality", source))
-    frame_time_ms = _frame_time_ms(dataset, source)
-    try:
-        regions = regions_from_dataset(dataset, pixel_format.rows, pixel_format.cols)
-    except CORRUPT_DICOM_ERRORS as exc:
-        raise SonoInputError(source, f"DICOM SequenceOfUltrasoundRegions is corrupt: {exc}") from exc
-
     with warnings.catch_warnings():
-        # Decoders warn about oddities they handle (J2K sign, padding); failures raise.
+        # pydicom warns about odd values it converts, the decoders about oddities they handle
+        # (J2K sign, padding); what SonoVLM cannot use raises below with its own message.
         warnings.simplefilter("ignore")
+        _ensure_transfer_syntax(dataset, source)
+        pixel_format = read_pixel_format(dataset, source)
+        modality = _text(element_value(dataset, "Modality", source))
+        frame_time_ms = _frame_time_ms(dataset, source)
+        try:
+            regions = regions_from_dataset(dataset, pixel_format.rows, pixel_format.cols)
+        except CORRUPT_DICOM_ERRORS as exc:
+            raise SonoInputError(source, f"DICOM SequenceOfUltrasoundRegions is corrupt: {exc}") from exc
         stored = decode_pixels(dataset, pixel_format, source)
-    frames, luma, channels = _to_display(stored, dataset, pixel_format, source)
+        frames, luma, channels = _to_display(stored, dataset, pixel_format, source)
     return UltrasoundImage(
         frames=frames,
         source=source,

@@ -79,7 +79,8 @@ def element_value(dataset, keyword: str, source: str):
     """The value of ``keyword`` in ``dataset`` (``None`` when absent), converted now.
 
     Raises :class:`SonoInputError` naming ``source`` and the element when pydicom cannot convert
-    the stored bytes (unknown VR, wrong length, corrupt sequence).
+    the stored bytes (unknown VR, wrong length, corrupt sequence). A value it converts with a
+    warning (an invalid IS stays a str) is returned as it is; the caller checks its type.
     """
     try:
         return dataset.get(keyword)
@@ -212,5 +213,5 @@ def _integer(dataset, keyword: str, source: str) -> int:
     # pydicom's IS and the US/UL values are int; an invalid IS string stays a str (with a
     # warning), several values come as a list, a corrupt VR as bytes or float.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SonoInputError(source, f"DICOM {keyword} is {shown(value)}, not a whole number")
+        raise SonoInputError(source, f"DICOM {keyword} {shown(value)} is not a whole number")
     return int(value)

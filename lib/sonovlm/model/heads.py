@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SonoInputError
+from .interaction import InteractionEncoder
 
 #: Classes of the segmentation output: 0 background, 1 lesion.
 SEGMENTATION_CLASSES = 2
@@ -141,14 +142,27 @@ class SegmentationHead(nn.Module):
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         )
         self.classifier = nn.Conv2d(channels[-1], SEGMENTATION_CLASSES, kernel_size=1)
+        # Built last so the layers above get the same initial weights as before it existed.
+        self.interaction = InteractionEncoder(
+            width=width, grid=grid, fine_size=grid * 2**stages, fine_channels=channels[-1]
+        )
 
-    def forward(self, levels: list[torch.Tensor], text_embedding: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        levels: list[torch.Tensor],
+        text_embedding: torch.Tensor,
+        interaction: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits ``(B, 2, S, S)``.
 
         Args:
             levels: hidden states ``(B, 1 + grid**2, vision_width)`` of the chosen blocks, shallow
                 to deep (class token first, as the tower returns them).
             text_embedding: ``(B, text_dim)`` or ``(text_dim,)``, L2-normalised.
+            interaction: optional prompt maps ``(B, 4, S, S)`` or ``(4, S, S)`` (positive clicks,
+                negative clicks, box, previous mask; :mod:`sonovlm.model.interaction`), added to
+                the fused tokens and to the last upsampling stage through zero-initialised layers.
+                ``None`` gives exactly the output of a head without interaction.
         """
         if len(levels) != len(self.level_projections):
             raise ValueError(f"expected {len(self.level_projections)} levels, got {len(levels)}")
@@ -164,11 +178,18 @@ class SegmentationHead(nn.Module):
         for shallower, fusion in zip(reversed(projected[:-1]), self.fusions, strict=True):
             x = shallower + fusion(F.gelu(x))
             x = x * (1 + gamma) + beta
+        fine = None
+        if interaction is not None:
+            maps = interaction.expand(batch, -1, -1, -1) if interaction.dim() == 3 else interaction
+            coarse, fine = self.interaction(maps)
+            x = x + coarse
         x = self.dropout(x)
         x = x.transpose(1, 2).reshape(batch, self.width, self.grid, self.grid)
         x = self.reduce(x)
         for stage in self.up:
             x = stage(x)
+        if fine is not None:
+            x = x + fine
         logits = self.classifier(x)
         size = (self.image_size, self.image_size)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -2,8 +2,10 @@
 
 :class:`Predictor` wraps one :class:`~sonovlm.model.sonovlm_model.SonoVLM` in eval mode on a device.
 The backbone runs once per (image, frame): :meth:`Predictor.features` caches the adapted vision
-features, and segmentation for any organ or prompt, classification, the embedding and MC-dropout
-uncertainty all reuse them (the heads are light).
+features (:class:`FeatureCache`, LRU bounded by bytes, keyed by image source, file time, frame, model
+version and pixel digest), and segmentation for any organ, prompt or interaction (clicks, box,
+previous mask), classification, the embedding and MC-dropout uncertainty all reuse them (the heads
+are light).
 
 :func:`load_model` builds the model the CLI and the server use from ``--backbone``, ``--adapter``
 and ``--weights``.
@@ -24,14 +26,17 @@ from torch import nn
 
 from ..errors import SonoInputError
 from ..organs import PATHOLOGIES, organ_label
+from .interaction import Interaction, encode_interaction
 from .preprocess import FrameGeometry, check_frame, from_model_space
 from .sonovlm_model import ModelConfig, SonoVLM, VisionFeatures
 
 if TYPE_CHECKING:
     from ..io import UltrasoundImage
 
-#: Frames whose features a Predictor keeps.
-FEATURE_CACHE_SIZE = 8
+#: Frames whose features a Predictor keeps at most.
+FEATURE_CACHE_SIZE = 256
+#: Bytes of cached features a Predictor keeps at most (ViT-B/16: about 1.8 MB per frame).
+FEATURE_CACHE_BYTES = 256 * 1024 * 1024
 #: Foreground threshold on the lesion probability.
 MASK_THRESHOLD = 0.5
 
@@ -89,19 +94,98 @@ class ClassificationResult:
     zero_shot_only: bool
 
 
-class Predictor:
-    """One model in eval mode on a device, with a small cache of per-frame features.
+def features_nbytes(features: FrameFeatures) -> int:
+    """Bytes held by the tensors of ``features``."""
+    tensors = [*features.vision.levels, features.vision.embedding]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
-    Calls are serialised by a lock: safe from several threads, one request at a time.
+
+class FeatureCache:
+    """LRU of :class:`FrameFeatures`, bounded by bytes and by entries; not thread-safe on its own.
+
+    Args:
+        max_bytes: feature bytes kept at most (an entry larger than this is not kept).
+        max_items: entries kept at most.
     """
 
-    def __init__(self, model: SonoVLM, device: str | torch.device = "cpu") -> None:
+    def __init__(self, max_bytes: int = FEATURE_CACHE_BYTES, max_items: int = FEATURE_CACHE_SIZE) -> None:
+        if max_bytes < 0 or max_items < 0:
+            raise SonoInputError("feature cache", f"limits must be >= 0: {max_bytes} B, {max_items} items")
+        self.max_bytes = int(max_bytes)
+        self.max_items = int(max_items)
+        self._entries: OrderedDict[tuple, tuple[FrameFeatures, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._entries
+
+    def get(self, key: tuple) -> FrameFeatures | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[0]
+
+    def put(self, key: tuple, features: FrameFeatures) -> None:
+        size = features_nbytes(features)
+        if key in self._entries:
+            self.bytes -= self._entries.pop(key)[1]
+        if size > self.max_bytes or self.max_items == 0:
+            return
+        self._entries[key] = (features, size)
+        self.bytes += size
+        while len(self._entries) > self.max_items or self.bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+            self.evictions += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "entries": len(self._entries),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+        }
+
+
+class Predictor:
+    """One model in eval mode on a device, with a byte-bounded LRU of per-frame features.
+
+    Calls are serialised by a lock: safe from several threads, one request at a time. Weights
+    loaded into the model under a new version (``model.config.version``) drop the cached features
+    on the next call.
+
+    Args:
+        model: the model to serve.
+        device: where it runs.
+        feature_cache_bytes: budget of the feature cache (default :data:`FEATURE_CACHE_BYTES`).
+    """
+
+    def __init__(
+        self, model: SonoVLM, device: str | torch.device = "cpu", feature_cache_bytes: int | None = None
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.model_version: str = model.version
+        self._config_version = model.config.version
         self.backbone_info: dict[str, Any] = dict(model.backbone_info)
         self._lock = threading.RLock()
-        self._cache: OrderedDict[tuple, FrameFeatures] = OrderedDict()
+        budget = FEATURE_CACHE_BYTES if feature_cache_bytes is None else feature_cache_bytes
+        self._cache = FeatureCache(budget)
 
     # ------------------------------------------------------------------------------ features
     def _cache_key(self, image: UltrasoundImage, frame: int) -> tuple:
@@ -116,24 +200,34 @@ class Predictor:
     def features(self, image: UltrasoundImage, frame: int | None = None) -> FrameFeatures:
         """Adapted vision features of ``frame`` (middle frame when None), computed once and cached."""
         frame = check_frame(image, frame)
-        key = self._cache_key(image, frame)
         with self._lock:
+            self._check_version()
+            key = self._cache_key(image, frame)
             cached = self._cache.get(key)
             if cached is not None:
-                self._cache.move_to_end(key)
                 return cached
             pixel_values, geometry = self.model.preprocess_frame(image, frame)
             with torch.inference_mode():
                 vision = self.model.encode_image(pixel_values.unsqueeze(0).to(self.device))
             features = FrameFeatures(vision=vision, geometry=geometry, frame=frame)
-            self._cache[key] = features
-            while len(self._cache) > FEATURE_CACHE_SIZE:
-                self._cache.popitem(last=False)
+            self._cache.put(key, features)
             return features
+
+    def _check_version(self) -> None:
+        """Drop the cached features when weights of another version were loaded into the model."""
+        if self.model.config.version != self._config_version:
+            self._cache.clear()
+            self._config_version = self.model.config.version
+            self.model_version = self.model.version
 
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def cache_stats(self) -> dict[str, int]:
+        """Feature cache entries, bytes, budget, hits, misses and evictions."""
+        with self._lock:
+            return self._cache.stats()
 
     def _condition(self, organ: str, prompt: str | None) -> torch.Tensor:
         if prompt is not None and str(prompt).strip():
@@ -149,12 +243,34 @@ class Predictor:
         Raises:
             SonoInputError: unknown organ, frame out of range, prompt too long.
         """
+        return self.segment_interactive(image, organ, None, prompt=prompt, frame=frame)
+
+    def segment_interactive(
+        self,
+        image: UltrasoundImage,
+        organ: str,
+        interaction: Interaction | None,
+        prompt: str | None = None,
+        frame: int | None = None,
+    ) -> SegmentationResult:
+        """Segment ``organ`` in one frame guided by clicks, a box and/or a previous mask.
+
+        The backbone features come from the cache after the first call on a frame: a click costs
+        one head forward. ``interaction`` None (or empty) is :meth:`segment`.
+
+        Raises:
+            SonoInputError: as :meth:`segment`, and prompts that do not fit the frame
+                (:meth:`Interaction.validate`).
+        """
         label = organ_label(organ)
         with self._lock:
             features = self.features(image, frame)
+            maps = None
+            if interaction is not None and not interaction.is_empty:
+                maps = encode_interaction(interaction, features.geometry).unsqueeze(0)
             condition = self._condition(organ, prompt)
             with torch.inference_mode():
-                logits = self.model.segment_logits(features.vision, condition)
+                logits = self.model.segment_logits(features.vision, condition, maps)
                 probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu()
         frame_probability = from_model_space(probability, features.geometry).numpy().astype(np.float32)
         foreground = frame_probability >= MASK_THRESHOLD
@@ -168,6 +284,60 @@ class Predictor:
             prompt=prompt if prompt is not None and str(prompt).strip() else None,
             frame=features.frame,
         )
+
+    def propagate(
+        self,
+        image: UltrasoundImage,
+        organ: str,
+        frame: int,
+        seed: Interaction,
+        first: int | None = None,
+        last: int | None = None,
+        prompt: str | None = None,
+    ) -> list[SegmentationResult]:
+        """Segment frames ``first..last`` (inclusive; default all) of a cine from one seeded frame.
+
+        The seed frame's mask is ``seed.previous_mask`` as given when the seed holds only a mask
+        (confidence 1.0: the user's own), else the interactive result of ``seed``. Then each frame
+        after it, one by one, is segmented with its predecessor's mask as previous-mask prompt, and
+        each frame before it likewise from its successor.
+
+        Returns:
+            One :class:`SegmentationResult` per frame, ordered by frame.
+
+        Raises:
+            SonoInputError: frames out of range or not around ``frame``, an empty seed, bad prompts.
+        """
+        label = organ_label(organ)
+        frame = check_frame(image, frame)
+        first = 0 if first is None else check_frame(image, first)
+        last = image.n_frames - 1 if last is None else check_frame(image, last)
+        if not first <= frame <= last:
+            raise SonoInputError("frames", f"range {first}..{last} does not contain the seed frame {frame}")
+        if seed.is_empty:
+            raise SonoInputError("seed", "give a mask, clicks or a box on the seed frame")
+        only_mask = not seed.positive and not seed.negative and seed.box is None
+        if only_mask:
+            seed.validate(self.features(image, frame).geometry)
+            mask = (np.asarray(seed.previous_mask) != 0).astype(np.uint8) * np.uint8(label)
+            seeded = SegmentationResult(
+                mask=mask,
+                probability=(mask != 0).astype(np.float32),
+                confidence=1.0,
+                organ=organ,
+                prompt=prompt,
+                frame=frame,
+            )
+        else:
+            seeded = self.segment_interactive(image, organ, seed, prompt=prompt, frame=frame)
+        results = {frame: seeded}
+        for step, stop in ((1, last), (-1, first)):
+            previous = seeded
+            for index in range(frame + step, stop + step, step):
+                guide = Interaction(previous_mask=previous.mask)
+                previous = self.segment_interactive(image, organ, guide, prompt=prompt, frame=index)
+                results[index] = previous
+        return [results[index] for index in sorted(results)]
 
     def classify(self, image: UltrasoundImage, organ: str, frame: int | None = None) -> ClassificationResult:
         """Benign/malignant probabilities of the ``organ`` lesion in one frame."""

@@ -48,6 +48,14 @@ PROMPT_CACHE_SIZE = 64
 #: Seed of the adapter's and heads' initial weights.
 INIT_SEED = 0
 
+#: Trainable-state keys a checkpoint may lack (saved before these parts existed); they keep a
+#: state without effect: the interaction encoder's output layers at zero.
+OPTIONAL_STATE_PREFIXES: tuple[str, ...] = ("seg_head.interaction.",)
+
+
+def _is_output_layer(key: str) -> bool:
+    return key.startswith(("seg_head.interaction.fine_out.", "seg_head.interaction.coarse_out."))
+
 
 @dataclass
 class ModelConfig:
@@ -300,9 +308,17 @@ class SonoVLM(nn.Module):
         return self.clip.logit_scale.exp().clamp(max=100.0)
 
     # ---------------------------------------------------------------------------------- heads
-    def segment_logits(self, features: VisionFeatures, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """``(B, 2, S, S)`` segmentation logits conditioned on ``(B, D)`` or ``(D,)`` text embeddings."""
-        return self.seg_head(features.levels, text_embeddings)
+    def segment_logits(
+        self,
+        features: VisionFeatures,
+        text_embeddings: torch.Tensor,
+        interaction: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, 2, S, S)`` segmentation logits conditioned on ``(B, D)`` or ``(D,)`` text embeddings
+        and, optionally, on ``(B, 4, S, S)`` interaction prompt maps (:mod:`.interaction`)."""
+        if interaction is not None:
+            interaction = interaction.to(self.organ_text.device)
+        return self.seg_head(features.levels, text_embeddings, interaction)
 
     def classify_logits(self, features: VisionFeatures, organ_ids: torch.Tensor) -> torch.Tensor:
         """``(B, 2)`` uncalibrated benign/malignant logits; class prompts chosen by ``organ_ids``."""
@@ -375,6 +391,12 @@ class SonoVLM(nn.Module):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`trainable_state_dict`; ModelLoadError names missing/unexpected keys."""
         expected = self.trainable_state_dict()
+        optional = {k: v for k, v in expected.items() if k.startswith(OPTIONAL_STATE_PREFIXES)}
+        if not any(k in state for k in optional):
+            # Saved before the interaction encoder existed: zero output layers, so it has no effect.
+            # (A checkpoint holding part of it is still reported as missing the rest.)
+            fill = {k: torch.zeros_like(v) if _is_output_layer(k) else v for k, v in optional.items()}
+            state = {**state, **fill}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         shapes = sorted(

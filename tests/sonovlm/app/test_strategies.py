@@ -102,3 +102,14 @@ def test_k_centre_distances():
     points = np.array([[1.0, 0.0], [0.0, 2.0]])
     centres = np.array([[1.0, 0.0], [0.0, -1.0]])
     np.testing.assert_allclose(k_centre_distances(points, centres), [0.0, 1.0])
+
+
+def test_images_added_after_scoring_ask_for_a_new_pass(tmp_path):
+    scores = ScoreStore(tmp_path)
+    scores.write("v1", {"a": 0.2}, {"a": np.ones(2)})
+    asked = []
+    strategy = UncertaintyStrategy(ServedLog(), scores, lambda: "v1", on_missing=lambda: asked.append(1))
+    reply = ask(strategy, FakeDatastore(["a", "new"]))
+    assert reply["id"] == "a" and reply["unscored"] == 1 and asked == [1]
+    ask(strategy, FakeDatastore(["a"]), client="other")
+    assert asked == [1]  # nothing missing: no new pass

@@ -1,0 +1,246 @@
+"""Interactive segmentation benchmark (``python -m sonovlm.bench_interactive``).
+
+Two parts, from one run on one machine:
+
+1. **Latency**, untrained ``vit-b16`` preset (exact ViT-B/16 geometry, 224 px), CPU, ``--threads``
+   (2) threads, one simulated 480 x 640 B-mode frame:
+
+   * ``bare``: the frozen vision tower's forward alone (batch 1), median;
+   * ``first click``: a click on a new image, features not cached (preprocess, backbone, prompt
+     maps, head, mapping back to the frame), median over ``--first-repeats`` cache-cleared runs;
+   * ``later click``: :meth:`Predictor.segment_interactive` with the features cached (prompt maps,
+     head, mapping back), p50 over ``--clicks`` clicks at different places;
+   * ``decoder``: the head alone on cached features and ready prompt maps, p50 over the same clicks.
+
+   Targets: decoder p50 <= 25 ms; first click <= 1.5 x bare. (The HTTP round trip is not timed
+   here: it needs a running server.)
+
+2. **Clicks-to-Dice** on simulated sample studies with the ``tiny`` backbone (64 px): the head is
+   first trained ``--train-steps`` steps with simulated interactions
+   (:func:`~sonovlm.model.click_simulation.interactive_training_step`) on ``--train-cases``
+   cases, then on ``--eval-cases`` other cases Dice (model space) of the automatic result
+   (0 clicks) and after 1, 3 and 5 simulated corrective clicks. An untrained or briefly trained
+   tiny model says little about a real model: the figures show the mechanism works, not how good
+   a trained ViT-B/16 would be.
+
+A benchmark, not a test: it prints figures (and JSON with ``--json``) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+#: Targets of the latency part.
+DECODER_TARGET_MS = 25.0
+FIRST_CLICK_TARGET_RATIO = 1.5
+#: Clicks after which Dice is reported.
+CLICK_COUNTS = (0, 1, 3, 5)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _simulated_image(seed: int, organ: str = "thyroid_nodule"):
+    from .io import UltrasoundImage, UltrasoundRegion
+    from .sample_data import simulate_case
+
+    pixels, mask, meta = simulate_case(np.random.default_rng(seed), organ)
+    image = UltrasoundImage(
+        frames=pixels[None],
+        source=f"<simulated {seed}>",
+        regions=[UltrasoundRegion(meta.region_bbox, meta.spacing_mm, data_type=1)],
+    )
+    return image, mask, meta
+
+
+def latency(clicks: int = 30, first_repeats: int = 5, bare_repeats: int = 5) -> dict:
+    """Part 1 (see the module notes); milliseconds."""
+    from .model import ModelConfig, Predictor, SonoVLM
+    from .model.interaction import Interaction, encode_interaction
+
+    model = SonoVLM(ModelConfig(backbone="vit-b16"), encode_prompts=False).eval()
+    predictor = Predictor(model)
+    image, _, meta = _simulated_image(0)
+    x0, y0, x1, y1 = meta.lesion_bbox
+    rng = np.random.default_rng(0)
+    points = [(int(rng.integers(x0, x1)), int(rng.integers(y0, y1))) for _ in range(clicks)]
+
+    pixel_values, geometry = model.preprocess_frame(image, 0)
+    batch = pixel_values.unsqueeze(0)
+    with torch.inference_mode():
+        bare = _median_ms(lambda: model.clip.vision_model(pixel_values=batch), bare_repeats)
+
+    def first_click() -> None:
+        predictor.clear_cache()
+        predictor.segment_interactive(image, "thyroid_nodule", Interaction(positive=[points[0]]), frame=0)
+
+    first = _median_ms(first_click, first_repeats)
+
+    predictor.segment(image, "thyroid_nodule", frame=0)  # features cached
+    later, decoder = [], []
+    features = predictor.features(image, 0)
+    condition = model.organ_text[model.organ_index("thyroid_nodule")]
+    for index, point in enumerate(points):
+        interaction = Interaction(positive=[point], negative=[(x0 - 5, y0 - 5)] if index % 2 else [])
+        start = time.perf_counter()
+        predictor.segment_interactive(image, "thyroid_nodule", interaction, frame=0)
+        later.append((time.perf_counter() - start) * 1000)
+        maps = encode_interaction(interaction, geometry).unsqueeze(0)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            model.segment_logits(features.vision, condition, maps)
+            decoder.append((time.perf_counter() - start) * 1000)
+    result = {
+        "bare_ms": round(bare, 1),
+        "first_click_ms": round(first, 1),
+        "first_click_ratio": round(first / bare, 2),
+        "later_click_p50_ms": round(statistics.median(later), 1),
+        "decoder_p50_ms": round(statistics.median(decoder), 1),
+        "clicks": clicks,
+        "cache": predictor.cache_stats(),
+    }
+    result["meets_decoder_target"] = result["decoder_p50_ms"] <= DECODER_TARGET_MS
+    result["meets_first_click_target"] = result["first_click_ratio"] <= FIRST_CLICK_TARGET_RATIO
+    return result
+
+
+def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
+    total = prediction.sum() + target.sum()
+    return 1.0 if total == 0 else float(2.0 * (prediction & target).sum() / total)
+
+
+def clicks_to_dice(
+    train_cases: int = 24, eval_cases: int = 12, train_steps: int = 150, batch_size: int = 8, seed: int = 0
+) -> dict:
+    """Part 2 (see the module notes): mean Dice after each of :data:`CLICK_COUNTS` clicks."""
+    from .model import AdapterConfig, ModelConfig, SonoVLM, segmentation_loss
+    from .model.click_simulation import SimulatedPrompts, interactive_training_step, next_click
+    from .model.sonovlm_model import ORGANS
+
+    torch.manual_seed(seed)
+    model = SonoVLM(ModelConfig(backbone="tiny", adapter=AdapterConfig(kind="none")))
+    organs = list(ORGANS)
+    samples = []
+    started = time.perf_counter()
+    for index in range(train_cases + eval_cases):
+        organ = organs[index % len(organs)]
+        image, mask, _ = _simulated_image(1000 + index, organ)
+        pixels, target = model.preprocess_pair(image, mask, 0)
+        samples.append((pixels, target, organs.index(organ)))
+    simulate_s = time.perf_counter() - started
+    train, evaluation = samples[:train_cases], samples[train_cases:]
+
+    loss_fn = segmentation_loss()
+    optimiser = torch.optim.AdamW(model.trainable_parameters(), lr=2e-3)
+    rng = np.random.default_rng(seed)
+    losses = []
+    started = time.perf_counter()
+    model.train()
+    for _ in range(train_steps):
+        chosen = rng.choice(len(train), size=min(batch_size, len(train)), replace=False)
+        pixels = torch.stack([train[i][0] for i in chosen])
+        targets = torch.stack([train[i][1] for i in chosen])
+        organ_ids = torch.tensor([train[i][2] for i in chosen])
+        losses.append(interactive_training_step(model, optimiser, loss_fn, pixels, targets, organ_ids, rng))
+    train_s = time.perf_counter() - started
+    model.eval()
+
+    curve: dict[int, list[float]] = {count: [] for count in CLICK_COUNTS}
+    size = model.preprocess_config.image_size
+    with torch.no_grad():
+        for pixels, target, organ_id in evaluation:
+            features = model.encode_image(pixels.unsqueeze(0))
+            condition = model.organ_text[organ_id]
+            truth = target[0].numpy() != 0
+            prompts = SimulatedPrompts()
+            maps = None
+            for clicks in range(max(CLICK_COUNTS) + 1):
+                logits = model.segment_logits(features, condition, maps)
+                prediction = logits.argmax(dim=1)[0].numpy() == 1
+                if clicks in curve:
+                    curve[clicks].append(_dice(prediction, truth))
+                click = next_click(prediction, truth)
+                if click is not None:
+                    (x, y), positive = click
+                    (prompts.positive if positive else prompts.negative).append((x, y))
+                maps = prompts.maps(size).unsqueeze(0)
+    means = {count: round(float(np.mean(values)), 3) for count, values in curve.items()}
+    ordered = [means[c] for c in CLICK_COUNTS]
+    return {
+        "backbone": "tiny (untrained backbone, head trained here)",
+        "train_cases": train_cases,
+        "eval_cases": eval_cases,
+        "train_steps": train_steps,
+        "loss_first_10": round(float(np.mean(losses[:10])), 3),
+        "loss_last_10": round(float(np.mean(losses[-10:])), 3),
+        "dice_after_clicks": means,
+        "each_click_count_helps": all(b > a for a, b in zip(ordered, ordered[1:], strict=False)),
+        "simulate_s": round(simulate_s, 1),
+        "train_s": round(train_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sonovlm.bench_interactive", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clicks", type=int, default=30)
+    parser.add_argument("--first-repeats", type=int, default=5)
+    parser.add_argument("--train-cases", type=int, default=24)
+    parser.add_argument("--eval-cases", type=int, default=12)
+    parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-dice", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report: dict = {"threads": args.threads, "torch": torch.__version__}
+    if not args.skip_latency:
+        report["latency"] = latency(args.clicks, args.first_repeats)
+    if not args.skip_dice:
+        report["clicks_to_dice"] = clicks_to_dice(args.train_cases, args.eval_cases, args.train_steps)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"threads {args.threads}, torch {torch.__version__}")
+    if "latency" in report:
+        lat = report["latency"]
+        print(f"bare vision forward      {lat['bare_ms']:8.1f} ms")
+        print(
+            f"first click (new image)  {lat['first_click_ms']:8.1f} ms  = "
+            f"{lat['first_click_ratio']:.2f} x bare (target <= {FIRST_CLICK_TARGET_RATIO})"
+        )
+        print(f"later click p50 (cached) {lat['later_click_p50_ms']:8.1f} ms  over {lat['clicks']} clicks")
+        print(f"decoder alone p50        {lat['decoder_p50_ms']:8.1f} ms  (target <= {DECODER_TARGET_MS:g})")
+    if "clicks_to_dice" in report:
+        dice = report["clicks_to_dice"]
+        print(
+            f"clicks-to-Dice ({dice['backbone']}, {dice['train_steps']} steps on "
+            f"{dice['train_cases']} cases, loss {dice['loss_first_10']} -> {dice['loss_last_10']}, "
+            f"{dice['eval_cases']} eval cases):"
+        )
+        for count, value in dice["dice_after_clicks"].items():
+            print(f"  after {count} click(s): Dice {value:.3f}")
+        print(f"  each click count better than the previous: {dice['each_click_count_helps']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
