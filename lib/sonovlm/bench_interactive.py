@@ -126,7 +126,12 @@ def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def clicks_to_dice(
-    train_cases: int = 24, eval_cases: int = 12, train_steps: int = 150, batch_size: int = 8, seed: int = 0
+    train_cases: int = 24,
+    eval_cases: int = 12,
+    train_steps: int = 300,
+    batch_size: int = 8,
+    max_clicks: int = max(CLICK_COUNTS),
+    seed: int = 0,
 ) -> dict:
     """Part 2 (see the module notes): mean Dice after each of :data:`CLICK_COUNTS` clicks."""
     from .model import AdapterConfig, ModelConfig, SonoVLM, segmentation_loss
@@ -157,7 +162,11 @@ def clicks_to_dice(
         pixels = torch.stack([train[i][0] for i in chosen])
         targets = torch.stack([train[i][1] for i in chosen])
         organ_ids = torch.tensor([train[i][2] for i in chosen])
-        losses.append(interactive_training_step(model, optimiser, loss_fn, pixels, targets, organ_ids, rng))
+        losses.append(
+            interactive_training_step(
+                model, optimiser, loss_fn, pixels, targets, organ_ids, rng, max_clicks=max_clicks
+            )
+        )
     train_s = time.perf_counter() - started
     model.eval()
 
@@ -187,6 +196,7 @@ def clicks_to_dice(
         "train_cases": train_cases,
         "eval_cases": eval_cases,
         "train_steps": train_steps,
+        "max_training_clicks": max_clicks,
         "loss_first_10": round(float(np.mean(losses[:10])), 3),
         "loss_last_10": round(float(np.mean(losses[-10:])), 3),
         "dice_after_clicks": means,
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-repeats", type=int, default=5)
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--eval-cases", type=int, default=12)
-    parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-dice", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")

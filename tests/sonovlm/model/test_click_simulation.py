@@ -103,7 +103,7 @@ def test_training_with_simulated_clicks_lowers_the_loss_and_teaches_the_clicks()
     rng = np.random.default_rng(0)
     losses = [
         interactive_training_step(model, optimiser, loss_fn, pixels, targets, organ_ids, rng)
-        for _ in range(25)
+        for _ in range(15)
     ]
     after = evaluation_loss()
     assert all(np.isfinite(losses))
