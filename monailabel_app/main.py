@@ -3,7 +3,7 @@
 Configuration (``--conf KEY VALUE``; all optional):
 
 ==================  ==========================================================================
-backbone            hub id, local directory, or preset ``tiny`` / ``vit-b16`` (default vit-b16)
+backbone            hub id (default ``openai/clip-vit-base-patch16``), local directory, or untrained preset ``tiny`` / ``vit-b16``
 adapter             ``mona`` (default), ``lora``, ``hybrid`` or ``none``
 weights             checkpoint served while nothing has been published yet
 device              ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``
@@ -20,6 +20,10 @@ The tasks live in :mod:`sonovlm.app`; this file only names the app class MONAI L
 
 from monailabel.interfaces.app import MONAILabelApp
 from sonovlm.app import server
+from sonovlm.app.auth import install_auth_fix
+
+# MONAI Label 0.8.5 rejects every token under PyJWT 2 (no algorithm named); fix before serving.
+install_auth_fix()
 
 
 # MONAI Label instantiates the class in this file whose *direct* bases name MONAILabelApp.

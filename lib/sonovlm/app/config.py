@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SonoInputError
+from ..model.backbone import DEFAULT_BACKBONE
 
 #: Adapter kinds ``--conf adapter`` accepts (see :class:`sonovlm.model.AdapterConfig`).
 ADAPTER_KINDS: tuple[str, ...] = ("lora", "mona", "hybrid", "none")
@@ -95,7 +96,9 @@ class AppConfig:
         warmup: run a dummy forward at start so the first request is as fast as later ones.
     """
 
-    backbone: str = "vit-b16"
+    # The real model by default: offline and uncached, the server stops at start with a message
+    # saying how to get it; the untrained presets are only served when named.
+    backbone: str = DEFAULT_BACKBONE
     adapter: str | None = None
     weights: str | None = None
     device: str = "auto"

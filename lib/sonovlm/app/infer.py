@@ -36,6 +36,7 @@ from .config import ORGAN_CHOICES_AUTO, RESULT_EXTENSIONS
 from .http import input_errors_as_http
 from .labels import resolve_organ
 from .registry import ModelRegistry
+from .seg_result import RESULT_FORMATS, wants_dicom_seg, write_result_seg
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ class SegmentationTask(_SonoInferTask):
                 "prompt": "",
                 "frame": "",
                 "result_extension": list(RESULT_EXTENSIONS),
+                "result_format": list(RESULT_FORMATS),
             },
         )
 
@@ -253,6 +255,17 @@ class SegmentationTask(_SonoInferTask):
         save_mask(path, mask, spacing_mm=image.spacing_mm)
         with input_errors_as_http():
             measurements = lesion_measurements(image, mask)
+            as_dicom_seg = wants_dicom_seg(data)
+            if as_dicom_seg:
+                os.unlink(path)
+                path = write_result_seg(
+                    data["image"],
+                    mask,
+                    request.organ,
+                    frame=request.frame,
+                    model_version=data["model_version"],
+                    measurements=measurements,
+                )
         result = {
             "organ": request.organ,
             "organ_source": request.organ_source,
@@ -267,7 +280,8 @@ class SegmentationTask(_SonoInferTask):
             "cols": image.width,
             "spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
             "prompt": request.prompt,
-            "result_extension": request.result_extension,
+            "result_extension": ".dcm" if as_dicom_seg else request.result_extension,
+            "result_format": "dicom_seg" if as_dicom_seg else "mask",
         }
         self._remember(data, "segmentation", {**result, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return path, result

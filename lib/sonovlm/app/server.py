@@ -30,6 +30,7 @@ from ..errors import ModelLoadError, SonoInputError
 from ..organs import ORGAN_LABELS
 from .config import AppConfig
 from .datastore import STATE_DIR, SonoDatastore
+from .dicomweb import DICOMwebUltrasoundDatastore, build_datastore, dicomweb_cache_dir
 from .frames import ImageCache
 from .http import bad_input, not_found
 from .infer import DEFAULT_ORGAN, ClassificationTask, SegmentationTask
@@ -41,6 +42,9 @@ from .strategies import DiversityStrategy, FirstStrategy, RandomStrategy, Served
 
 logger = logging.getLogger(__name__)
 
+#: Datastores this app builds: a local studies folder, or a PACS over DICOMweb.
+_DATASTORES = (SonoDatastore, DICOMwebUltrasoundDatastore)
+
 
 class SonoVLMServer(MONAILabelApp):
     """MONAI Label app serving one SonoVLM model (see the module notes)."""
@@ -51,9 +55,12 @@ class SonoVLMServer(MONAILabelApp):
         except SonoInputError as exc:
             logger.error("Bad configuration: %s", exc)
             raise
-        state_dir = Path(studies) / STATE_DIR
+        remote = studies.startswith(("http://", "https://"))
+        # A PACS's instances, labels and the app's state live in a local cache folder.
+        local_root = dicomweb_cache_dir(studies, conf) if remote else Path(studies)
+        state_dir = local_root / STATE_DIR
         self.store = ModelStore(self.app_config.model_dir, keep=self.app_config.keep_versions)
-        self.images = ImageCache(cache_under=studies)
+        self.images = ImageCache(cache_under=local_root)
         self.registry = ModelRegistry(self.app_config, self.store, self.images)
         self.scores = ScoreStore(state_dir / "scores")
         self.results = ResultLog(state_dir / "results")
@@ -77,7 +84,9 @@ class SonoVLMServer(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            # Not MONAI Label's DICOMweb datastore: it lists CT, downloads dcmqi at start and
+            # converts to NIfTI (losing the ultrasound calibration).
+            return build_datastore(self.studies, self.conf)
         return SonoDatastore(
             self.studies,
             geometry=self._geometry,
@@ -91,7 +100,7 @@ class SonoVLMServer(MONAILabelApp):
 
     def _recorded_organ(self, image_id: str | None) -> str | None:
         datastore = self.datastore()
-        if image_id and isinstance(datastore, SonoDatastore):
+        if image_id and isinstance(datastore, _DATASTORES):
             return datastore.recorded_organ(image_id)
         return None
 
@@ -180,7 +189,7 @@ class SonoVLMServer(MONAILabelApp):
 
     def _start_scoring(self) -> None:
         datastore = self.datastore()
-        if not isinstance(datastore, SonoDatastore):
+        if not isinstance(datastore, _DATASTORES):
             return
         job = ScoringJob(
             model_version=self._served_version,
@@ -235,7 +244,7 @@ class SonoVLMServer(MONAILabelApp):
         image = request.get("image")
         request = dict(request)
         if isinstance(image, str) and image:
-            if isinstance(datastore, SonoDatastore) and datastore.has_image(image):
+            if isinstance(datastore, _DATASTORES) and datastore.has_image(image):
                 request["image_id"] = image
             elif not os.path.isfile(image):
                 raise not_found(f"image {image!r} is not in the datastore")
