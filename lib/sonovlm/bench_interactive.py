@@ -19,9 +19,10 @@ Two parts, from one run on one machine:
    first trained ``--train-steps`` steps with simulated interactions
    (:func:`~sonovlm.model.click_simulation.interactive_training_step`) on ``--train-cases``
    cases, then on ``--eval-cases`` other cases Dice (model space) of the automatic result
-   (0 clicks) and after 1, 3 and 5 simulated corrective clicks. An untrained or briefly trained
-   tiny model says little about a real model: the figures show the mechanism works, not how good
-   a trained ViT-B/16 would be.
+   (0 clicks) and after 1, 3 and 5 simulated corrective clicks, twice: clicks only (what the stock
+   plugin sends) and clicks plus the previous result as previous-mask prompt (``feedback``). An
+   untrained or briefly trained tiny model says little about a real model: the figures show the
+   mechanism works, not how good a trained ViT-B/16 would be.
 
 A benchmark, not a test: it prints figures (and JSON with ``--json``) and exits 0.
 """
@@ -170,27 +171,34 @@ def clicks_to_dice(
     train_s = time.perf_counter() - started
     model.eval()
 
-    curve: dict[int, list[float]] = {count: [] for count in CLICK_COUNTS}
     size = model.preprocess_config.image_size
-    with torch.no_grad():
-        for pixels, target, organ_id in evaluation:
-            features = model.encode_image(pixels.unsqueeze(0))
-            condition = model.organ_text[organ_id]
-            truth = target[0].numpy() != 0
-            prompts = SimulatedPrompts()
-            maps = None
-            for clicks in range(max(CLICK_COUNTS) + 1):
-                logits = model.segment_logits(features, condition, maps)
-                prediction = logits.argmax(dim=1)[0].numpy() == 1
-                if clicks in curve:
-                    curve[clicks].append(_dice(prediction, truth))
-                click = next_click(prediction, truth)
-                if click is not None:
-                    (x, y), positive = click
-                    (prompts.positive if positive else prompts.negative).append((x, y))
-                maps = prompts.maps(size).unsqueeze(0)
-    means = {count: round(float(np.mean(values)), 3) for count, values in curve.items()}
-    ordered = [means[c] for c in CLICK_COUNTS]
+    means: dict[str, dict[int, float]] = {}
+    for mode in ("clicks", "feedback"):
+        curve: dict[int, list[float]] = {count: [] for count in CLICK_COUNTS}
+        with torch.no_grad():
+            for pixels, target, organ_id in evaluation:
+                features = model.encode_image(pixels.unsqueeze(0))
+                condition = model.organ_text[organ_id]
+                truth = target[0].numpy() != 0
+                prompts = SimulatedPrompts()
+                maps = None
+                for clicks in range(max(CLICK_COUNTS) + 1):
+                    logits = model.segment_logits(features, condition, maps)
+                    prediction = logits.argmax(dim=1)[0].numpy() == 1
+                    if clicks in curve:
+                        curve[clicks].append(_dice(prediction, truth))
+                    click = next_click(prediction, truth)
+                    if click is not None:
+                        (x, y), positive = click
+                        (prompts.positive if positive else prompts.negative).append((x, y))
+                    if mode == "feedback":
+                        prompts.previous_mask = torch.from_numpy(prediction.astype(np.float32))
+                    maps = prompts.maps(size).unsqueeze(0)
+        means[mode] = {count: round(float(np.mean(values)), 3) for count, values in curve.items()}
+    helps = {
+        mode: all(b > a for a, b in zip(list(m.values()), list(m.values())[1:], strict=False))
+        for mode, m in means.items()
+    }
     return {
         "backbone": "tiny (untrained backbone, head trained here)",
         "train_cases": train_cases,
@@ -200,7 +208,7 @@ def clicks_to_dice(
         "loss_first_10": round(float(np.mean(losses[:10])), 3),
         "loss_last_10": round(float(np.mean(losses[-10:])), 3),
         "dice_after_clicks": means,
-        "each_click_count_helps": all(b > a for a, b in zip(ordered, ordered[1:], strict=False)),
+        "each_click_count_helps": helps,
         "simulate_s": round(simulate_s, 1),
         "train_s": round(train_s, 1),
     }
@@ -246,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{dice['train_cases']} cases, loss {dice['loss_first_10']} -> {dice['loss_last_10']}, "
             f"{dice['eval_cases']} eval cases):"
         )
-        for count, value in dice["dice_after_clicks"].items():
-            print(f"  after {count} click(s): Dice {value:.3f}")
-        print(f"  each click count better than the previous: {dice['each_click_count_helps']}")
+        for mode, curve in dice["dice_after_clicks"].items():
+            points = ", ".join(f"{count}: {value:.3f}" for count, value in curve.items())
+            better = dice["each_click_count_helps"][mode]
+            print(f"  {mode:8s} Dice after clicks {points}  (each better than the previous: {better})")
+        print(f"  simulating cases {dice['simulate_s']} s, training {dice['train_s']} s")
     return 0
 
 

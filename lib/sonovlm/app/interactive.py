@@ -52,6 +52,7 @@ from .infer import (
     restrict_to_imaging_area,
 )
 from .registry import ModelRegistry
+from .seg_result import RESULT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ class InteractiveTask(SegmentationTask):
                 "prompt": "",
                 "frame": "",
                 "result_extension": list(RESULT_EXTENSIONS),
+                "result_format": list(RESULT_FORMATS),
             },
         )
 

@@ -3,7 +3,8 @@
 Request params: the seed as for ``interactive`` (:mod:`sonovlm.app.interactive`): a mask uploaded
 as the request's ``label`` file, and/or ``foreground``/``background`` clicks and a ``roi`` box, on
 frame ``frame`` (else ``slice``, else the clicks' k, else the middle frame); ``organ``, ``prompt``;
-``first_frame`` / ``last_frame`` (inclusive, default the whole cine). Frames after the seed are
+``first_frame`` / ``last_frame`` (inclusive, default the whole cine). Without a mask or clicks the
+seed frame's automatic segmentation (organ or prompt) is the seed. Frames after the seed are
 segmented one after another, each with its predecessor's mask as previous-mask prompt; frames before
 it likewise backwards. MONAI Label type ``others`` (the stock plugin does not list it; SonoVLM's
 Slicer extension calls it).
@@ -109,11 +110,10 @@ class PropagateTask(InteractiveTask):
         data = super()._load_frame(data)
         with input_errors_as_http():
             prompts: InteractionRequest = data["sono_interaction"]
-            if prompts.interaction.is_empty:
-                raise SonoInputError(
-                    "seed", "give a mask (the label file) or clicks/a box on the seed frame to propagate from"
-                )
-            data["sono_range"] = parse_frame_range(data, data["sono_image"].n_frames, prompts.frame)
+            frames = parse_frame_range(data, data["sono_image"].n_frames, prompts.frame)
+            if data.get("warm_up"):  # the server's start-up pass: one frame is enough
+                frames = FrameRange(prompts.frame, prompts.frame)
+            data["sono_range"] = frames
         return data
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):

@@ -4,8 +4,10 @@ As DeepEdit and SAM train theirs (and RITM's iterative sampling): a click goes w
 prediction is most wrong, at the pixel of the larger error region (false negatives -> positive
 click, false positives -> negative click) farthest from that region's boundary
 (:func:`scipy.ndimage.distance_transform_edt`); a box is the ground truth's bounding box with each
-side jittered by a fraction of its size; a previous mask is the ground truth degraded or the
-model's own prediction. Everything here works in model space ``(S, S)``.
+side jittered by a fraction of its size; a previous mask is the ground truth degraded (as a
+neighbouring cine frame's mask) or, for half the samples, the model's own prediction of the
+previous click round (as RITM feeds it back, and as a client that sends its current mask does).
+Everything here works in model space ``(S, S)``.
 
 :func:`interactive_training_step` is one optimiser step: the backbone runs once, then a few
 no-grad rounds of the head add clicks in the error regions, and the loss is taken on the head's
@@ -112,8 +114,12 @@ def simulate_prompts(
     max_clicks: int = 3,
     box_probability: float = 0.3,
     mask_probability: float = 0.2,
+    feedback_probability: float = 0.5,
 ) -> torch.Tensor:
     """Prompt maps ``(B, 4, S, S)`` after a random number (0..``max_clicks``) of corrective clicks.
+
+    For a ``feedback_probability`` share of the samples each round's prediction becomes the
+    previous-mask prompt of the next.
 
     Args:
         model: the :class:`~sonovlm.model.SonoVLM` being trained.
@@ -126,6 +132,7 @@ def simulate_prompts(
     truth = targets[:, 0].detach().cpu().numpy() != 0
     prompts = [initial_prompts(t, rng, box_probability, mask_probability) for t in truth]
     rounds = int(rng.integers(0, max_clicks + 1))
+    feedback = rng.random(batch) < feedback_probability
     device = condition.device
     was_training = model.training
     for _ in range(rounds):
@@ -140,6 +147,8 @@ def simulate_prompts(
                 continue
             (x, y), positive = click
             (prompts[index].positive if positive else prompts[index].negative).append((x, y))
+            if feedback[index]:
+                prompts[index].previous_mask = torch.from_numpy(prediction[index].astype(np.float32))
     model.train(was_training)
     return torch.stack([p.maps(size) for p in prompts]).to(device)
 

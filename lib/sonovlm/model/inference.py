@@ -298,7 +298,8 @@ class Predictor:
         """Segment frames ``first..last`` (inclusive; default all) of a cine from one seeded frame.
 
         The seed frame's mask is ``seed.previous_mask`` as given when the seed holds only a mask
-        (confidence 1.0: the user's own), else the interactive result of ``seed``. Then each frame
+        (confidence 1.0: the user's own), else the interactive result of ``seed`` (the automatic
+        segmentation of ``organ`` / ``prompt`` for an empty seed). Then each frame
         after it, one by one, is segmented with its predecessor's mask as previous-mask prompt, and
         each frame before it likewise from its successor.
 
@@ -306,7 +307,7 @@ class Predictor:
             One :class:`SegmentationResult` per frame, ordered by frame.
 
         Raises:
-            SonoInputError: frames out of range or not around ``frame``, an empty seed, bad prompts.
+            SonoInputError: frames out of range or not around ``frame``, bad prompts.
         """
         label = organ_label(organ)
         frame = check_frame(image, frame)
@@ -314,9 +315,8 @@ class Predictor:
         last = image.n_frames - 1 if last is None else check_frame(image, last)
         if not first <= frame <= last:
             raise SonoInputError("frames", f"range {first}..{last} does not contain the seed frame {frame}")
-        if seed.is_empty:
-            raise SonoInputError("seed", "give a mask, clicks or a box on the seed frame")
-        only_mask = not seed.positive and not seed.negative and seed.box is None
+        clicks_or_box = bool(seed.positive or seed.negative or seed.box is not None)
+        only_mask = seed.previous_mask is not None and not clicks_or_box
         if only_mask:
             seed.validate(self.features(image, frame).geometry)
             mask = (np.asarray(seed.previous_mask) != 0).astype(np.uint8) * np.uint8(label)

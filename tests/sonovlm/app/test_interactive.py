@@ -217,11 +217,15 @@ def test_propagation_returns_one_mask_per_frame(propagate, tmp_path):
     assert result["confidence"][0] is None and result["confidence"][4] is None
     assert result["seed_frame"] == 1 and sorted(result["review_first"]) == [1, 2, 3]
 
+    # No mask, no clicks: the seed frame's automatic segmentation; the server's warm-up does one frame.
+    _, result = propagate({"image": "/studies/long.dcm", "frame": 2, "warm_up": True})
+    assert (result["first_frame"], result["last_frame"]) == (2, 2)
+    assert result["confidence"][:2] == [None, None] and result["confidence"][3:] == [None, None]
+
 
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"frame": 2}, "give a mask"),
         ({"foreground": [[300, 230, 4]], "last_frame": 3}, "does not contain the seed frame"),
         ({"foreground": [[300, 230, 1]], "first_frame": 9}, "out of range"),
         ({"foreground": [[300, 230, 1]], "result_extension": ".png"}, ".nrrd only"),

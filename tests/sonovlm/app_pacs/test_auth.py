@@ -1,10 +1,10 @@
 """Authentication with the token decoding fixed, tested with a stub realm on 127.0.0.1 (no Keycloak).
 
 The realm is a tiny ``http.server`` serving ``{"public_key": ...}`` for an RSA key made here;
-tokens are signed with its private key by PyJWT. The end-to-end test runs a real MONAI Label
-server (``python -m monailabel.main start_server``) with a minimal app whose ``main.py`` calls
-:func:`install_auth_fix`, exactly as ``monailabel_app/main.py`` does, so MONAI Label's own endpoints
-and role checks are what is exercised.
+tokens are signed with its private key by PyJWT. The end-to-end test runs the real SonoVLM server
+(``monailabel_app/main.py``, which calls :func:`install_auth_fix` at import, through
+:func:`tests.server_fixture.start_server`), so MONAI Label's own endpoints and role checks are what
+is exercised.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +27,7 @@ from fastapi import HTTPException
 from sonovlm.app.auth import decode_token, from_token, install_auth_fix
 
 from tests.orthanc_fixture import free_port
+from tests.server_fixture import START_TIMEOUT_S, start_server
 
 ROLES = {
     "user": ["monailabel-user"],
@@ -179,65 +176,37 @@ def test_install_replaces_monai_labels_function():
     assert monai_auth.from_token is from_token
 
 
-# -- a real MONAI Label server with auth on --------------------------------------------------------
-
-PROBE_APP = """
-from monailabel.interfaces.app import MONAILabelApp
-from sonovlm.app.auth import install_auth_fix
-
-install_auth_fix()
-
-
-class AuthProbeApp(MONAILabelApp):
-    def __init__(self, app_dir, studies, conf):
-        super().__init__(app_dir, studies, conf, name="auth-probe", description="auth probe", version="0")
-        self._auto_update_scoring = False
-"""
+# -- the real SonoVLM server with auth on -----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def server(realm, tmp_path_factory) -> Iterator[str]:
+    """The real app (``monailabel_app/main.py``, which installs the fix at import) with auth on."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("auth_server")
-    app_dir, studies = root / "app", root / "studies"
-    app_dir.mkdir()
+    studies = root / "studies"
     studies.mkdir()
-    (app_dir / "main.py").write_text(textwrap.dedent(PROBE_APP))
     Image.fromarray(np.full((32, 48), 90, np.uint8)).save(studies / "case1.png")
-    port = free_port()
-    env = {
-        **os.environ,
-        "MONAI_LABEL_AUTH_ENABLE": "true",
-        "MONAI_LABEL_AUTH_REALM_URI": realm.uri,
-        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-    }
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir)]
-    command += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(root))
-    url = f"http://127.0.0.1:{port}"
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri}
+    # /info/ needs a token now: wait on /auth/, which stays open.
+    running = start_server(studies, {"scoring_delay_s": "0"}, env, work_dir=root / "work", wait=False)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited:\n{(root / 'server.log').read_text()[-3000:]}")
+            if not running.alive():
+                pytest.fail(f"server exited:\n{running.log(60)}")
             try:
-                if requests.get(f"{url}/auth/", timeout=2).status_code == 200:
+                if requests.get(f"{running.url}/auth/", timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+                pytest.fail(f"server did not start:\n{running.log(60)}")
             time.sleep(0.3)
-        yield url
+        yield running.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        running.stop()
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -1,63 +1,29 @@
-"""End to end: a real SonoVLM server with ``--studies http://127.0.0.1:PORT/dicom-web`` on a real Orthanc.
-
-The server runs a copy of the app whose ``main.py`` (``PACS_APP`` below) is ``monailabel_app/main.py``
-plus the PACS wiring this issue asks the app for: ``init_datastore`` builds the DICOMweb datastore,
-the organ lookup and image-id resolution accept it, and the auth fix is installed. Once the app
-itself carries that wiring, ``PACS_APP`` can go and the server can run the app as it is.
+"""End to end: the real SonoVLM app (``monailabel_app/main.py``) with ``--studies
+http://127.0.0.1:PORT/dicom-web`` on a real Orthanc.
 
 Checked: US instances listed (not the CT), infer by PACS id (the JPEG 2000 image as stored,
-calibrated), ``result_format: dicom_seg``, a label saved and found in Orthanc as a SEG that decodes
+calibrated), ``result_format: dicom_seg`` through ``POST /infer/segmentation`` (over a PACS image, a
+local-studies DICOM, and refused for a PNG), a label saved and found in Orthanc as a SEG that decodes
 to the submitted mask, next-sample over PACS ids, and no patient identity in the replies or the
 server log.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import textwrap
 
 import numpy as np
 import pydicom
 import pytest
 import requests
+from PIL import Image
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 from sonovlm.dicomseg import read_dicom_seg
 from sonovlm.io import save_mask
 
-from tests.server_fixture import start_server
+from tests.server_fixture import make_studies, start_server
 from tests.sonovlm.app_pacs.pacs_helpers import lesion_mask, upload
-
-PACS_APP = '''
-"""SonoVLM with the PACS wiring (what monailabel_app/main.py and sonovlm.app.server need)."""
-
-from monailabel.interfaces.app import MONAILabelApp
-from sonovlm.app import server
-from sonovlm.app.auth import install_auth_fix
-from sonovlm.app.dicomweb import DICOMwebUltrasoundDatastore, build_datastore
-
-install_auth_fix()
-
-
-class SonoVLMPacsApp(server.SonoVLMServer, MONAILabelApp):
-    def init_datastore(self):
-        if self.studies.startswith(("http://", "https://")):
-            return build_datastore(self.studies, self.conf)
-        return super().init_datastore()
-
-    def _recorded_organ(self, image_id):
-        datastore = self.datastore()
-        if image_id and isinstance(datastore, DICOMwebUltrasoundDatastore):
-            return datastore.recorded_organ(image_id)
-        return super()._recorded_organ(image_id)
-
-    def infer(self, request, datastore=None):
-        datastore = datastore or self.datastore()
-        image = request.get("image")
-        if isinstance(datastore, DICOMwebUltrasoundDatastore) and isinstance(image, str):
-            if datastore.has_image(image):
-                request = {**request, "image": datastore.get_image_uri(image), "image_id": image}
-        return super().infer(request, datastore)
-'''
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +31,10 @@ def pacs_server(orthanc, test_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("pacs_server")
     orthanc.reset()
     pacs = upload(orthanc, test_data, root / "uploads")
-    work = root / "work"
-    (work / "app").mkdir(parents=True)
-    (work / "app" / "main.py").write_text(textwrap.dedent(PACS_APP))
     server = start_server(
         orthanc.dicomweb_url,
         {"backbone": "tiny", "dicomweb_cache": str(root / "cache"), "dicomweb_refresh_s": "5"},
-        work_dir=work,
+        work_dir=root / "work",
     )
     try:
         yield server, pacs
@@ -79,10 +42,32 @@ def pacs_server(orthanc, test_data, tmp_path_factory):
         server.stop()
 
 
-def _infer(url: str, model: str, image_id: str, params: dict) -> tuple[dict, bytes | None]:
-    response = requests.post(
-        f"{url}/infer/{model}", params={"image": image_id}, data={"params": json.dumps(params)}, timeout=120
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory):
+    """The same app on a local studies folder (sample DICOMs)."""
+    root = tmp_path_factory.mktemp("local_server")
+    studies = make_studies(root / "studies", count=2)
+    server = start_server(studies, {"backbone": "tiny", "scoring_delay_s": "0"}, work_dir=root / "work")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _post_infer(url: str, model: str, image_id: str, params: dict, upload=None) -> requests.Response:
+    files = {"file": upload} if upload is not None else None
+    return requests.post(
+        f"{url}/infer/{model}",
+        params={"image": image_id},
+        data={"params": json.dumps(params)},
+        files=files,
+        timeout=120,
     )
+
+
+def _infer(url: str, model: str, image_id: str, params: dict, upload=None) -> tuple[dict, bytes | None]:
+    """The JSON reply and the result file (``None`` for a JSON-only reply) of a 200 infer."""
+    response = _post_infer(url, model, image_id, params, upload)
     assert response.status_code == 200, response.text
     kind = response.headers["content-type"]
     if not kind.startswith("multipart/"):
@@ -94,6 +79,25 @@ def _infer(url: str, model: str, image_id: str, params: dict) -> tuple[dict, byt
         else:
             file = part.content
     return reply, file
+
+
+def _png_mask(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _check_result_seg(seg_bytes: bytes, source: pydicom.Dataset, reply: dict, png_mask: np.ndarray) -> None:
+    """The SEG reply references ``source``, has its geometry and holds the same mask as the PNG reply."""
+    assert seg_bytes[128:132] == b"DICM"
+    seg = pydicom.dcmread(io.BytesIO(seg_bytes))
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == source.StudyInstanceUID
+    read = read_dicom_seg(seg_bytes)
+    assert read.source_sop_instance_uid == source.SOPInstanceUID and read.automatic
+    assert read.organ == reply["organ"] and read.frames == [reply["frame"]]
+    assert (int(seg.Rows), int(seg.Columns)) == (int(source.Rows), int(source.Columns))
+    assert read.mask.shape == (reply["rows"], reply["cols"]) == png_mask.shape
+    np.testing.assert_array_equal(read.mask, png_mask)
+    assert reply["result_format"] == "dicom_seg" and reply["result_extension"] == ".dcm"
+    assert int((read.mask != 0).sum()) == reply["lesion_pixels"]
 
 
 def test_server_over_orthanc(pacs_server):
@@ -150,14 +154,46 @@ def test_server_over_orthanc(pacs_server):
 
 
 def test_segmentation_as_dicom_seg_helper_over_a_pacs_image(pacs_server):
-    """``result_format: dicom_seg`` needs the task's writer to call the helper; until then the
-    helper is checked on the instance exactly as the server cached it from the PACS."""
-    from sonovlm.app.seg_result import write_result_seg
-
+    """``result_format: dicom_seg`` through the server, on a PACS image: the SEG's mask is the one
+    the same request returns as PNG."""
     server, pacs = pacs_server
-    cached = next((server.work_dir.parent / "cache" / "images").glob("*.dcm"))
-    source = pydicom.dcmread(cached, stop_before_pixels=True)
-    mask = lesion_mask(int(source.Rows), int(source.Columns))
-    read = read_dicom_seg(write_result_seg(cached, mask, "breast_lesion", frame=0, model_version="tiny@test"))
-    np.testing.assert_array_equal(read.mask, mask * 2)
-    assert read.automatic and read.source_sop_instance_uid == source.SOPInstanceUID
+    uid = pacs.uid("examples_rgb_color.dcm")
+    source = pydicom.dcmread(pacs.files["examples_rgb_color.dcm"][0], stop_before_pixels=True)
+    params = {"organ": "breast_lesion"}
+    reply_png, png = _infer(server.url, "segmentation", uid, {**params, "result_extension": ".png"})
+    reply, seg_bytes = _infer(server.url, "segmentation", uid, {**params, "result_format": "dicom_seg"})
+    assert seg_bytes is not None and png is not None
+    assert reply["organ"] == "breast_lesion" and reply["model_version"] == reply_png["model_version"]
+    _check_result_seg(seg_bytes, source, reply, _png_mask(png))
+
+
+def test_segmentation_as_dicom_seg_of_a_local_study(local_server):
+    image_id = sorted(p.stem for p in local_server.studies.glob("*.dcm"))[0]
+    source = pydicom.dcmread(local_server.studies / f"{image_id}.dcm", stop_before_pixels=True)
+    url, params = local_server.url, {"organ": "thyroid_nodule"}
+    _, png = _infer(url, "segmentation", image_id, {**params, "result_extension": ".png"})
+    reply, seg_bytes = _infer(url, "segmentation", image_id, {**params, "result_format": "dicom_seg"})
+    assert seg_bytes is not None and png is not None
+    _check_result_seg(seg_bytes, source, reply, _png_mask(png))
+
+
+def test_dicom_seg_of_a_png_input_is_422(local_server, tmp_path):
+    png = tmp_path / "frame.png"
+    Image.fromarray(np.full((40, 60), 90, np.uint8)).save(png)
+    response = _post_infer(
+        local_server.url,
+        "segmentation",
+        "",
+        {"organ": "lymph_node", "result_format": "dicom_seg"},
+        upload=("frame.png", png.read_bytes(), "image/png"),
+    )
+    assert response.status_code == 422, response.text
+    assert "dicom_seg needs a DICOM input" in response.text
+    unknown = _post_infer(
+        local_server.url,
+        "segmentation",
+        "",
+        {"result_format": "nifti"},
+        upload=("frame.png", png.read_bytes(), "image/png"),
+    )
+    assert unknown.status_code == 422 and "result_format" in unknown.text

@@ -226,7 +226,8 @@ def test_propagation_gives_one_mask_per_frame_in_frame_geometry():
     assert [r.frame for r in clicked] == [1, 2, 3]
     with pytest.raises(SonoInputError, match="does not contain the seed frame"):
         predictor.propagate(image, "thyroid_nodule", 4, Interaction(previous_mask=seed_mask), 0, 2)
-    with pytest.raises(SonoInputError, match="give a mask"):
-        predictor.propagate(image, "thyroid_nodule", 2, Interaction())
+    # An empty seed: the automatic segmentation of the seed frame starts the propagation.
+    automatic = predictor.propagate(image, "thyroid_nodule", 2, Interaction(), 2, 3)
+    np.testing.assert_array_equal(automatic[0].mask, predictor.segment(image, "thyroid_nodule", frame=2).mask)
     with pytest.raises(SonoInputError, match="previous mask"):
         predictor.propagate(image, "thyroid_nodule", 2, Interaction(previous_mask=seed_mask[:100]))
