@@ -9,6 +9,7 @@ even out the ranks are removed by case name.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,8 +69,19 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
 
 
 def cleanup() -> None:
+    """Leave the process group: drain pending work, free what holds it, then destroy it.
+
+    The order matters: a gloo group destroyed while a collective's tensors are still being
+    released, or later freed by a DistributedDataParallel reducer at interpreter exit, can join
+    its worker thread while that thread waits for the GIL the joining thread holds (a deadlock
+    seen here). A barrier first lets every pending collective finish.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            gc.collect()
+            dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:

@@ -252,6 +252,22 @@ class Trainer:
         torch.save(self._state(epoch), tmp)
         tmp.replace(path)
 
+    def release(self) -> None:
+        """Drop the DDP wrapper, optimizer and TensorBoard writer (after :meth:`fit`)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.step_module = None
+        self.optimizer = None
+        self.scheduler = None
+        if self.info.distributed:
+            import gc
+
+            import torch.distributed as dist
+
+            dist.barrier()
+            gc.collect()
+
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         if improved:
             self.stage.save_best(self.model, self.out / BEST_CHECKPOINT)

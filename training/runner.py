@@ -253,6 +253,8 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
             if args.resume:
                 trainer.resume()
             summary_fit = trainer.fit()
+            trainer.release()  # the DDP wrapper goes while the process group is alive and idle
+            del trainer
             from safetensors.torch import load_file
 
             model.load_trainable_state_dict(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _end_ranks(out: Path, grace_s: float = 0.0) -> list[int]:
+    """Kill this test's ranks (their command line names its unique run folder) still alive after
+    ``grace_s`` seconds; return their process ids."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        ranks = []
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if str(out) in " ".join(process.info["cmdline"] or []):
+                ranks.append(process)
+        if not ranks or time.monotonic() >= deadline:
+            break
+        time.sleep(1)
+    for process in ranks:
+        process.kill()
+    return [p.pid for p in ranks]
 
 
 @pytest.mark.slow
@@ -32,23 +52,21 @@ def test_two_process_gloo_run(tmp_path, make_layout):
         str(out),
         *options.split(),
     ]
-    # own process group, so that a timeout ends the launcher and both ranks, not the launcher alone
-    job = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = job.communicate(timeout=420)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
-        output, _ = job.communicate()
-        pytest.fail(f"torchrun job timed out:\n{output[-4000:]}")
-    assert job.returncode == 0, output[-4000:]
+    log = tmp_path / "torchrun.log"
+    with log.open("w") as stream:
+        job = subprocess.Popen(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        try:
+            job.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.wait()
+            _end_ranks(out)
+            pytest.fail(f"torchrun job timed out:\n{log.read_text()[-4000:]}")
+    # every rank must have exited too (torchrun starts ranks in their own sessions; a rank hung at
+    # exit outlives the launcher)
+    leftover = _end_ranks(out, grace_s=30)
+    assert not leftover, f"ranks still running after the launcher exited: {leftover}"
+    assert job.returncode == 0, log.read_text()[-4000:]
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["world_size"] == 2 and run_info["device"] == "cpu"
     metrics = json.loads((out / "metrics.json").read_text())

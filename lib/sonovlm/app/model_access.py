@@ -109,6 +109,7 @@ def prepare(path: str | os.PathLike, config: AppConfig, device: str, served: Any
     from safetensors.torch import load_file
 
     from ..model import Predictor, read_checkpoint_metadata
+    from ..model.sonovlm_model import OPTIONAL_STATE_PREFIXES
 
     metadata = read_checkpoint_metadata(path)
     version = str(metadata["version"])
@@ -122,6 +123,9 @@ def prepare(path: str | os.PathLike, config: AppConfig, device: str, served: Any
         raise SonoInputError(path, f"unreadable checkpoint tensors ({exc})") from exc
     model = served.model
     expected = model.trainable_state_dict()
+    if not any(k.startswith(OPTIONAL_STATE_PREFIXES) for k in state):
+        # Saved before those parts existed; load_trainable_state_dict sets them to no effect.
+        expected = {k: v for k, v in expected.items() if not k.startswith(OPTIONAL_STATE_PREFIXES)}
     wrong = sorted(set(expected) ^ set(state)) + sorted(
         k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
     )

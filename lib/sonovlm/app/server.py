@@ -34,7 +34,9 @@ from .dicomweb import DICOMwebUltrasoundDatastore, build_datastore, dicomweb_cac
 from .frames import ImageCache
 from .http import bad_input, not_found
 from .infer import DEFAULT_ORGAN, ClassificationTask, SegmentationTask
+from .interactive import InteractiveTask
 from .model_store import ModelStore
+from .propagate import PropagateTask
 from .registry import ModelRegistry
 from .results import ResultLog
 from .scoring import BackgroundScorer, ScoreStore, ScoringJob
@@ -110,6 +112,9 @@ class SonoVLMServer(MONAILabelApp):
             infers["segmentation"] = SegmentationTask(
                 self.registry, self._recorded_organ, self.results.record
             )
+            # Clicks/box/previous mask and cine propagation reuse the segmentation network.
+            infers["interactive"] = InteractiveTask(self.registry, self._recorded_organ, self.results.record)
+            infers["propagate"] = PropagateTask(self.registry, self._recorded_organ, self.results.record)
         if "classification" in self.app_config.models:
             infers["classification"] = ClassificationTask(
                 self.registry, self._recorded_organ, self.results.record
