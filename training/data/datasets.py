@@ -57,7 +57,8 @@ class Case:
     """One image of a split, with what is known about it.
 
     Attributes:
-        name: file name in the layout. dataset: dataset name. organ: organ name.
+        name: file name in the layout. dataset: dataset name (for image-caption pairs, the
+            pair's split, ``train`` or ``val``). organ: organ name (may be empty for pairs).
         image: image path. mask: mask path or ``None``. label: 0/1 or ``None``.
         caption: caption text (image-caption pairs) or ``None``.
     """
