@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from sonovlm.bench_server import server_command
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "monailabel_app"
@@ -150,19 +150,7 @@ def start_server(
         shutil.copy2(APP_DIR / "main.py", app / "main.py")
     conf = {"backbone": "tiny", "model_dir": str(work / "model"), **(conf or {})}
     port = free_port()
-    cmd = [
-        python or sys.executable,
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies_dir),
-    ]
-    for key, value in conf.items():
-        cmd += ["--conf", key, str(value)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd = server_command(app, studies_dir, conf, port, python)
 
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     log_path = work / "server.log"

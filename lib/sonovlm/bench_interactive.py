@@ -12,8 +12,17 @@ Two parts, from one run on one machine:
      head, mapping back), p50 over ``--clicks`` clicks at different places;
    * ``decoder``: the head alone on cached features and ready prompt maps, p50 over the same clicks.
 
-   Targets: decoder p50 <= 25 ms; first click <= 1.5 x bare. (The HTTP round trip is not timed
-   here: it needs a running server.)
+   Targets: decoder p50 <= 25 ms; first click <= 1.5 x bare.
+
+   ``http`` (skip with ``--skip-http``): a real server (``python -m monailabel.main
+   start_server`` on 127.0.0.1, same backbone, ``--conf threads`` the same, scoring off) on a
+   studies folder of 640 x 480 JPEG 2000 US DICOMs; ``POST /infer/interactive`` with the stock
+   Slicer plugin's params (``foreground``/``background`` ``[i, j, k]``, ``slice``, ``label``; NRRD
+   mask). ``first click``: the first click on an image the server has not seen (decode, backbone);
+   ``later clicks``: ``--clicks`` more clicks on it (decoded frame and features cached), request
+   sent to mask and JSON received, p50 and p95, with MONAI Label's own stage times (pre, inferer,
+   write) from the server log. Target: later clicks p50 <= 80 ms. The 1-minute load average is
+   recorded before and after (other work on the machine slows every figure).
 
 2. **Clicks-to-Dice** on simulated sample studies with the ``tiny`` backbone (64 px): the head is
    first trained ``--train-steps`` steps with simulated interactions
@@ -41,6 +50,7 @@ import torch
 
 #: Targets of the latency part.
 DECODER_TARGET_MS = 25.0
+HTTP_LATER_CLICK_TARGET_MS = 80.0
 FIRST_CLICK_TARGET_RATIO = 1.5
 #: Clicks after which Dice is reported.
 CLICK_COUNTS = (0, 1, 3, 5)
@@ -119,6 +129,103 @@ def latency(clicks: int = 30, first_repeats: int = 5, bare_repeats: int = 5) -> 
     result["meets_decoder_target"] = result["decoder_p50_ms"] <= DECODER_TARGET_MS
     result["meets_first_click_target"] = result["first_click_ratio"] <= FIRST_CLICK_TARGET_RATIO
     return result
+
+
+def _post_interactive(url: str, image_id: str, params: dict) -> tuple[float, dict]:
+    """One ``POST /infer/interactive`` (multipart, as the stock plugin); ``(seconds, reply JSON)``."""
+    import urllib.request
+
+    boundary = "----sonovlm-bench-interactive"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n'
+        f"{json.dumps(params)}\r\n--{boundary}--\r\n"
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/infer/interactive?image={image_id}",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="POST",
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as response:
+        payload = response.read()
+        content_type = response.headers.get("Content-Type", "")
+    seconds = time.perf_counter() - start
+    if response.status != 200:
+        raise RuntimeError(f"interactive infer failed: {response.status} {payload[:200]!r}")
+    if "boundary=" not in content_type:  # JSON only
+        return seconds, json.loads(payload)
+    # Multipart: the "params" part (JSON) first, then the mask file.
+    reply_boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
+    for part in payload.split(b"--" + reply_boundary):
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b'name="params"' in head:
+            return seconds, json.loads(content.rstrip(b"\r\n"))
+    raise RuntimeError("interactive infer reply has no params part")
+
+
+def http_round_trip(clicks: int = 30, threads: int = 2, backbone: str = "vit-b16") -> dict:
+    """The ``http`` part (see the module notes); milliseconds."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .bench_server import jpeg2000_dicom, server_latencies, start_server
+
+    work = Path(tempfile.mkdtemp(prefix="sonovlm-bench-interactive-"))
+    studies = work / "studies"
+    studies.mkdir()
+    jpeg2000_dicom(studies / "image_000.dcm")  # the server warms up on the first image
+    shutil.copy2(studies / "image_000.dcm", studies / "image_001.dcm")
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc, url = start_server(studies, work, backbone, threads, "cpu")
+    start_s = time.perf_counter() - started
+    try:
+        from .sample_data import simulate_case
+
+        _, _, meta = simulate_case(np.random.default_rng(0), "breast_lesion", shape=(480, 640))
+        x0, y0, x1, y1 = meta.lesion_bbox
+        rng = np.random.default_rng(0)
+        points = [[int(rng.integers(x0, x1)), int(rng.integers(y0, y1)), 0] for _ in range(clicks + 1)]
+        base = {"slice": 0, "label": "lesion", "organ": "breast_lesion", "result_extension": ".nrrd"}
+        first_s, first_reply = _post_interactive(url, "image_001", {**base, "foreground": points[:1]})
+        later = []
+        for index in range(1, clicks + 1):
+            background = [[x0 - 3, y0 - 3, 0]] if index % 2 else []
+            params = {**base, "foreground": points[: index + 1], "background": background}
+            seconds, reply = _post_interactive(url, "image_001", params)
+            if len(reply["interaction"]["foreground"]) != index + 1:
+                raise RuntimeError(f"the server did not take the clicks: {reply['interaction']}")
+            later.append(seconds * 1000)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    stages = server_latencies(work / "server.log")[-clicks:]
+    load_after = os.getloadavg()[0]
+    shutil.rmtree(work, ignore_errors=True)
+    p50 = statistics.median(later)
+    return {
+        "backbone": backbone,
+        "threads": threads,
+        "image": "640x480 JPEG 2000 lossless US DICOM",
+        "server_start_s": round(start_s, 1),
+        "first_click_ms": round(first_s * 1000, 1),
+        "later_click_p50_ms": round(p50, 1),
+        "later_click_p95_ms": round(float(np.percentile(later, 95)), 1),
+        "later_clicks": clicks,
+        "server_stage_p50_ms": {
+            stage: round(statistics.median(s[stage] for s in stages) * 1000, 1)
+            for stage in ("total", "pre", "inferer", "write")
+        }
+        if stages
+        else None,
+        "interaction_trained": first_reply["interaction"]["interaction_trained"],
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
+        "cpu_count": os.cpu_count(),
+        "meets_target": p50 <= HTTP_LATER_CLICK_TARGET_MS,
+    }
 
 
 def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
@@ -226,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-dice", action="store_true")
+    parser.add_argument("--skip-http", action="store_true", help="no server round trips")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report: dict = {"threads": args.threads, "torch": torch.__version__}
     if not args.skip_latency:
         report["latency"] = latency(args.clicks, args.first_repeats)
+    if not args.skip_http:
+        report["http"] = http_round_trip(args.clicks, args.threads)
     if not args.skip_dice:
         report["clicks_to_dice"] = clicks_to_dice(args.train_cases, args.eval_cases, args.train_steps)
     if args.json:
@@ -247,6 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"later click p50 (cached) {lat['later_click_p50_ms']:8.1f} ms  over {lat['clicks']} clicks")
         print(f"decoder alone p50        {lat['decoder_p50_ms']:8.1f} ms  (target <= {DECODER_TARGET_MS:g})")
+    if "http" in report:
+        http = report["http"]
+        print(f"HTTP first click         {http['first_click_ms']:8.1f} ms  (new image: decode and features)")
+        print(
+            f"HTTP later click p50     {http['later_click_p50_ms']:8.1f} ms  "
+            f"p95 {http['later_click_p95_ms']:.1f} ms over {http['later_clicks']} clicks "
+            f"(target <= {HTTP_LATER_CLICK_TARGET_MS:g})"
+        )
+        print(f"  server stages p50 (ms) {http['server_stage_p50_ms']}")
+        print(f"  load average (1 min) before/after {http['load_average_1min']}, {http['cpu_count']} cores")
     if "clicks_to_dice" in report:
         dice = report["clicks_to_dice"]
         print(

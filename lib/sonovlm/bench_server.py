@@ -132,6 +132,30 @@ def segment(url: str, image_id: str, organ: str = "auto") -> float:
     return time.perf_counter() - start
 
 
+def server_command(
+    app: str | os.PathLike,
+    studies: str | os.PathLike,
+    conf: dict[str, Any],
+    port: int,
+    python: str | None = None,
+) -> list[str]:
+    """``python -m monailabel.main start_server`` of ``app`` on 127.0.0.1:``port``, one ``--conf``
+    per item of ``conf`` (values as ``str``); ``python`` defaults to this interpreter."""
+    cmd = [
+        python or sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+    ]
+    for key, value in conf.items():
+        cmd += ["--conf", key, str(value)]
+    return cmd + ["--host", "127.0.0.1", "--port", str(port)]
+
+
 def start_server(
     studies: Path, work: Path, backbone: str, threads: int, device: str
 ) -> tuple[subprocess.Popen, str]:
@@ -146,19 +170,7 @@ def start_server(
         "device": device,
         "model_dir": str(work / "model"),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies),
-    ]
-    for key, value in conf.items():
-        cmd += ["--conf", key, value]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd = server_command(app, studies, conf, port)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),

@@ -5,6 +5,11 @@ The head is conditioned on each case's organ through the organ's target-descript
 model grid (``S`` × ``S``), the early-stopping metric. Test: the prediction is taken back to the
 image's own grid (:func:`sonovlm.model.preprocess.from_model_space`, lesion probability >= 0.5, as
 the server does) and scored there by :func:`training.metrics.segmentation_case`.
+
+Training simulates interactions (as the app's trainer does): an ``interactive_fraction`` share of
+the batches gets a jittered box, a degraded previous mask and corrective clicks
+(:func:`sonovlm.model.click_simulation.training_prompt_maps`), the rest no prompts, so one network
+serves automatic and interactive use. Validation and test are automatic.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 from sonovlm.model import SonoVLM, from_model_space, segmentation_loss
+from sonovlm.model.click_simulation import training_prompt_maps
 from sonovlm.model.inference import MASK_THRESHOLD
 
 from ..distributed import DistInfo, gather_records
@@ -34,13 +41,20 @@ class SegmentationStage(Stage):
     monitor = "dice"
     mode = "max"
     trains_seg_head = True
+    #: Share of training batches with simulated interactions.
+    interactive_fraction = 0.5
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.criterion = segmentation_loss()
+        self.rng = np.random.default_rng(seed)  # same seed on every rank: same batches interactive
 
     def loss(self, model: SonoVLM, batch: dict) -> torch.Tensor:
         features = model.encode_image(batch["pixel_values"])
-        logits = model.segment_logits(features, model.organ_text[batch["organ_id"]])
+        condition = model.organ_text[batch["organ_id"]]
+        maps = training_prompt_maps(
+            model, features, condition, batch["mask"], self.rng, self.interactive_fraction
+        )
+        logits = model.segment_logits(features, condition, maps)
         return self.criterion(logits.float(), batch["mask"])
 
     @torch.no_grad()

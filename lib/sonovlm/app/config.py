@@ -55,21 +55,13 @@ def _parse_bool(key: str, value: str | bool) -> bool:
     raise SonoInputError(f"--conf {key}", f"expected true or false, got {value!r}")
 
 
-def _parse_int(key: str, value: str | int, minimum: int) -> int:
+def _parse_number(key: str, value: str | float, minimum: float, number_type: type = int) -> float:
+    """``value`` as ``number_type`` (``int`` or ``float``), at least ``minimum``."""
     try:
-        number = int(value)
+        number = number_type(value)
     except (TypeError, ValueError):
-        raise SonoInputError(f"--conf {key}", f"expected an integer, got {value!r}") from None
-    if number < minimum:
-        raise SonoInputError(f"--conf {key}", f"must be at least {minimum}, got {number}")
-    return number
-
-
-def _parse_float(key: str, value: str | float, minimum: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SonoInputError(f"--conf {key}", f"expected a number, got {value!r}") from None
+        expected = "an integer" if number_type is int else "a number"
+        raise SonoInputError(f"--conf {key}", f"expected {expected}, got {value!r}") from None
     if number < minimum:
         raise SonoInputError(f"--conf {key}", f"must be at least {minimum}, got {number}")
     return number
@@ -158,12 +150,12 @@ class AppConfig:
             device=device,
             models=models,
             model_dir=model_dir_path.resolve(),
-            threads=_parse_int("threads", conf.pop("threads", 0), 0),
-            train_threads=_parse_int("train_threads", conf.pop("train_threads", max(1, cores - 1)), 1),
+            threads=_parse_number("threads", conf.pop("threads", 0), 0),
+            train_threads=_parse_number("train_threads", conf.pop("train_threads", max(1, cores - 1)), 1),
             auto_scoring=_parse_bool("auto_scoring", conf.pop("auto_scoring", "true")),
-            scoring_delay_s=_parse_float("scoring_delay_s", conf.pop("scoring_delay_s", 5.0), 0.0),
-            uncertainty_samples=_parse_int("uncertainty_samples", conf.pop("uncertainty_samples", 8), 2),
-            keep_versions=_parse_int("keep_versions", conf.pop("keep_versions", 5), 1),
+            scoring_delay_s=_parse_number("scoring_delay_s", conf.pop("scoring_delay_s", 5.0), 0.0, float),
+            uncertainty_samples=_parse_number("uncertainty_samples", conf.pop("uncertainty_samples", 8), 2),
+            keep_versions=_parse_number("keep_versions", conf.pop("keep_versions", 5), 1),
             warmup=_parse_bool("warmup", conf.pop("warmup", "true")),
             extra=conf,
         )

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
@@ -37,7 +38,15 @@ from .atomic import file_signature, write_atomic, write_bytes_atomic
 from .cases import CaseTable
 from .config import DEFAULT_IMAGE_PATTERNS
 from .http import input_errors_as_http, not_found
-from .labels import CheckedLabel, check_label, label_extension, resolve_organ, resolve_pathology, write_label
+from .labels import (
+    CheckedLabel,
+    check_label,
+    label_extension,
+    label_frame_items,
+    resolve_organ,
+    resolve_pathology,
+    write_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +137,17 @@ class SonoDatastore(LocalDatastore):
                     model = LocalDatastoreModel.model_validate_json(fh.read())
             except ValueError as exc:
                 if not throw_exception:
-                    logger.error("Datastore index unreadable, keeping the copy in memory: %s", exc)
+                    # Damaged while running: keep it aside and write back the copy in memory (it
+                    # still has the label info that the files alone cannot give).
+                    aside = f"{self._datastore_config_path}.broken-{int(time.time())}"
+                    os.replace(self._datastore_config_path, aside)
+                    logger.error(
+                        "Datastore index %s unreadable (%s); moved to %s and rewritten from memory",
+                        self._datastore_config_path,
+                        exc,
+                        aside,
+                    )
+                    self._update_datastore_file()
                     return
                 # Only a file written by something else can be broken (ours are atomic): keep it
                 # for inspection and rebuild the index from the files on disk.
@@ -260,13 +279,24 @@ class SonoDatastore(LocalDatastore):
             ext = label_extension(checked)
             dest = label_dir / self._filename(image_id, ext)
 
-            history = self._archive_previous(image_id, label_tag, obj)
-            write_atomic(dest, lambda tmp: write_label(tmp, checked, spacing_mm), suffix=ext)
-
-            info = self._label_info(params, checked, history)
-            info.update({"ts": int(time.time()), "name": dest.name})
-            obj.labels[label_tag] = DataModel(info=info, ext=ext)
-            self._update_datastore_file()
+            previous, archived, written = obj.labels.get(label_tag), None, False
+            try:
+                history, archived = self._archive_previous(image_id, label_tag, obj)
+                write_atomic(dest, lambda tmp: write_label(tmp, checked, spacing_mm), suffix=ext)
+                written = True
+                info = self._label_info(params, checked, history)
+                info.update({"ts": int(time.time()), "name": dest.name})
+                obj.labels[label_tag] = DataModel(info=info, ext=ext)
+                self._update_datastore_file()
+            except OSError as exc:  # disk read-only or full: put back what was there, say so
+                self._undo_save(obj, label_tag, previous, archived, restore_file=written)
+                raise HTTPException(
+                    status_code=503,
+                    detail=f"cannot store the {label_tag} label of {image_id!r} in {label_dir}: "
+                    f"{exc.strerror or exc}; nothing was changed",
+                ) from exc
+            if previous is not None and previous.ext != ext:
+                (label_dir / self._filename(image_id, previous.ext)).unlink(missing_ok=True)
         logger.info("Saved %s label of %s by %s (%s)", label_tag, image_id, info["saved_by"], dest)
         return image_id
 
@@ -291,22 +321,54 @@ class SonoDatastore(LocalDatastore):
             info.pop("frame", None)
         return info
 
-    def _archive_previous(self, image_id: str, label_tag: str, obj: ImageLabelModel) -> list[dict[str, Any]]:
-        """Move the current label of ``label_tag`` to the history folder; return the new history."""
+    def _archive_previous(
+        self, image_id: str, label_tag: str, obj: ImageLabelModel
+    ) -> tuple[list[dict[str, Any]], Path | None]:
+        """Copy the current label of ``label_tag`` to the history folder (a hard link where the file
+        system allows); return the new history and the copy. The label itself stays in place until
+        the new one replaces it, so a failed save loses nothing."""
         previous = obj.labels.get(label_tag)
         if previous is None:
-            return []
+            return [], None
         history = list(previous.info.get("history", []))
         src = Path(self._datastore.label_path(label_tag)) / self._filename(image_id, previous.ext)
         if not src.exists():
-            return history
+            return history, None
         stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time_ns() % 1_000_000_000:09d}"
         dest = self.state_dir / "label_history" / label_tag / image_id / f"{stamp}{previous.ext}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+        try:
+            os.link(src, dest)
+        except OSError:  # another file system, or no hard links
+            write_atomic(dest, lambda tmp: shutil.copy2(src, tmp))
         old = {k: v for k, v in previous.info.items() if k != "history"}
         history.append({"file": str(dest.relative_to(self.studies_dir)), **old})
-        return history
+        return history, dest
+
+    def _undo_save(
+        self,
+        obj: ImageLabelModel,
+        label_tag: str,
+        previous: DataModel | None,
+        archived: Path | None,
+        restore_file: bool,
+    ) -> None:
+        """After a failed save: the previous index entry back in memory, the previous label file
+        back in place when the new one had replaced it, the history copy removed otherwise."""
+        if previous is None:
+            obj.labels.pop(label_tag, None)
+        else:
+            obj.labels[label_tag] = previous
+        if archived is None:
+            return
+        try:
+            if restore_file and previous is not None:  # archived.parent.name is the image id
+                label_dir = Path(self._datastore.label_path(label_tag))
+                shutil.move(archived, label_dir / self._filename(archived.parent.name, previous.ext))
+            else:
+                archived.unlink(missing_ok=True)
+        except OSError:
+            logger.exception("Could not undo a failed %s label save (copy kept: %s)", label_tag, archived)
 
     # -- organ, pathology and training lists -------------------------------------------------------
 
@@ -348,20 +410,7 @@ class SonoDatastore(LocalDatastore):
             if organ is None:
                 logger.warning("Label of %s has no organ; left out of training", image_id)
                 continue
-            frames = final.info.get("annotated_frames")
-            one_frame = "frame" in final.info or frames is None
-            frames = [int(final.info.get("frame", 0))] if one_frame else [int(f) for f in frames]
-            for frame in frames:
-                items.append(
-                    {
-                        "image": image,
-                        "label": label,
-                        "image_id": image_id,
-                        "organ": organ,
-                        "frame": frame,
-                        "label_frame": 0 if one_frame else frame,
-                    }
-                )
+            items += label_frame_items(final.info, image=image, label=label, image_id=image_id, organ=organ)
         return items
 
     def classification_items(self) -> list[dict[str, Any]]:

@@ -60,7 +60,15 @@ from pydicom.dataset import Dataset
 from ..errors import SonoInputError
 from .atomic import file_signature, read_json, write_atomic, write_bytes_atomic, write_json_atomic
 from .http import input_errors_as_http, not_found
-from .labels import CheckedLabel, check_label, label_extension, resolve_organ, resolve_pathology, write_label
+from .labels import (
+    CheckedLabel,
+    check_label,
+    label_extension,
+    label_frame_items,
+    resolve_organ,
+    resolve_pathology,
+    write_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -934,21 +942,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
             except HTTPException as exc:
                 logger.warning("Label of %s left out of training: %s", image_id, exc.detail)
                 continue
-            one_frame = "frame" in record
-            frames = (
-                [int(record["frame"])] if one_frame else [int(f) for f in record.get("annotated_frames", [0])]
-            )
-            for frame in frames:
-                items.append(
-                    {
-                        "image": image,
-                        "label": label,
-                        "image_id": image_id,
-                        "organ": organ,
-                        "frame": frame,
-                        "label_frame": 0 if one_frame else frame,
-                    }
-                )
+            items += label_frame_items(record, image=image, label=label, image_id=image_id, organ=organ)
         return items
 
     def classification_items(self) -> list[dict[str, Any]]:

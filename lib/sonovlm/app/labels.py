@@ -207,3 +207,17 @@ def read_stored_label(path: str | os.PathLike, n_frames: int = 1) -> np.ndarray:
     """Read a stored label: ``(rows, cols)`` for one frame, ``(frames, rows, cols)`` for a cine."""
     slices = read_label_slices(path, n_frames)
     return slices[0] if slices.shape[0] == 1 else slices
+
+
+def label_frame_items(record: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
+    """Training items of one stored final label: one per annotated frame.
+
+    ``record`` is what the datastore keeps about the label: ``frame`` (a one-frame label of a cine)
+    or ``annotated_frames`` (a whole-cine label); with neither, frame 0. Each item is ``fields``
+    plus ``frame`` (the image's frame) and ``label_frame`` (the slice of the label file: 0 for a
+    one-frame label, else ``frame``).
+    """
+    frames = record.get("annotated_frames")
+    one_frame = "frame" in record or frames is None
+    frames = [int(record.get("frame", 0))] if one_frame else [int(f) for f in frames]
+    return [{**fields, "frame": frame, "label_frame": 0 if one_frame else frame} for frame in frames]

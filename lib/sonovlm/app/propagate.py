@@ -28,6 +28,7 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from ..errors import SonoInputError
+from ..io.volume import write_nrrd_slices
 from ..organs import ORGAN_LABELS, organ_label
 from .config import ORGAN_CHOICES_AUTO
 from .http import input_errors_as_http
@@ -64,25 +65,6 @@ def parse_frame_range(data: dict[str, Any], n_frames: int, seed: int) -> FrameRa
             "first_frame/last_frame", f"range {first}..{last} does not contain the seed frame {seed}"
         )
     return FrameRange(first, last)
-
-
-def write_frames_nrrd(
-    path: str | os.PathLike, masks: np.ndarray, spacing_mm: tuple[float, float] | None
-) -> None:
-    """Write ``(frames, rows, cols)`` uint8 as an NRRD labelmap, frames as slices (see module notes)."""
-    import nrrd
-
-    row_mm, col_mm = spacing_mm if spacing_mm is not None else (1.0, 1.0)
-    header = {
-        "type": "uint8",
-        "space": "left-posterior-superior",
-        "kinds": ["domain", "domain", "domain"],
-        "space directions": np.diag([float(col_mm), float(row_mm), 1.0]),
-        "space origin": np.zeros(3),
-        "endian": "little",
-        "encoding": "gzip",
-    }
-    nrrd.write(os.fspath(path), np.ascontiguousarray(masks, dtype=np.uint8), header, index_order="C")
 
 
 class PropagateTask(InteractiveTask):
@@ -151,7 +133,8 @@ class PropagateTask(InteractiveTask):
         confidence: list[float | None] = data["confidence"]
         fd, path = tempfile.mkstemp(prefix="sonovlm-cine-mask-", suffix=PROPAGATE_EXTENSION)
         os.close(fd)
-        write_frames_nrrd(path, masks, image.spacing_mm)
+        # The cine as one labelmap, frames as slices (see module notes).
+        write_nrrd_slices(path, np.asarray(masks, dtype=np.uint8), image.spacing_mm)
         segmented = list(range(frames.first, frames.last + 1))
         result = {
             "organ": request.organ,

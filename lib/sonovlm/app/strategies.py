@@ -116,13 +116,13 @@ class FirstStrategy(SonoStrategy):
         return (fresh or candidates)[0], {}
 
 
-class UncertaintyStrategy(SonoStrategy):
-    """The unlabelled image whose segmentation is least certain (highest predictive entropy).
+class _ScoredStrategy(SonoStrategy):
+    """A strategy that ranks candidates by what the served model version computed (a ScoreStore).
 
-    Scores are those of the served model version; candidates without one come after scored ones.
+    ``on_missing`` is called when some candidate has no score yet (see :func:`_report_missing`).
     """
 
-    name = "uncertainty"
+    description_text = ""
 
     def __init__(
         self,
@@ -132,10 +132,20 @@ class UncertaintyStrategy(SonoStrategy):
         seed: int | None = None,
         on_missing: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__("Highest predictive entropy (MC dropout) under the served model", served, seed)
+        super().__init__(self.description_text, served, seed)
         self.scores = scores
         self.model_version = model_version
         self.on_missing = on_missing
+
+
+class UncertaintyStrategy(_ScoredStrategy):
+    """The unlabelled image whose segmentation is least certain (highest predictive entropy).
+
+    Scores are those of the served model version; candidates without one come after scored ones.
+    """
+
+    name = "uncertainty"
+    description_text = "Highest predictive entropy (MC dropout) under the served model"
 
     def choose(self, candidates, client, datastore):
         version = self.model_version()
@@ -154,24 +164,12 @@ class UncertaintyStrategy(SonoStrategy):
         }
 
 
-class DiversityStrategy(SonoStrategy):
+class DiversityStrategy(_ScoredStrategy):
     """k-centre greedy: the unlabelled image farthest (cosine distance of the adapted model's image
     embeddings) from every labelled image and every image this client was already given."""
 
     name = "diversity"
-
-    def __init__(
-        self,
-        served: ServedLog,
-        scores: ScoreStore,
-        model_version: Callable[[], str],
-        seed: int | None = None,
-        on_missing: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__("k-centre greedy over image embeddings against the labelled images", served, seed)
-        self.scores = scores
-        self.model_version = model_version
-        self.on_missing = on_missing
+    description_text = "k-centre greedy over image embeddings against the labelled images"
 
     def choose(self, candidates, client, datastore):
         version = self.model_version()

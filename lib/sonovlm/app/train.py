@@ -6,6 +6,10 @@ Both are :class:`BasicTrainTask` subclasses run in MONAI Label's training subpro
 * the network is the served model (published checkpoint, else ``weights``, else the fresh model);
   segmentation trains the adapter and the segmentation head, classification only the
   classification head (so a classifier run cannot change the served masks);
+* segmentation trains with simulated interactions: a share ``interactive_fraction`` (default
+  0.5) of the batches gets a jittered box, a degraded previous mask and corrective clicks in the
+  error regions (:func:`sonovlm.model.click_simulation.training_prompt_maps`), the rest none, so one
+  network serves automatic and interactive (``interactive``/``propagate``) use;
 * no ``CheckpointSaver`` (it writes the whole network, backbone included) and no TensorBoard or
   MLflow handlers (``tracking`` is off: MONAI 1.6.1's MLflow handler rejects file URIs);
 * ``train_stats`` holds per-epoch validation Dice (segmentation) or accuracy and AUC
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Events
 from ignite.handlers import EarlyStopping
@@ -66,6 +71,9 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "early_stop_patience": 0,
 }
 
+#: Share of segmentation training batches given simulated interactions (the rest: none).
+DEFAULT_INTERACTIVE_FRACTION = 0.5
+
 
 def _check_train_request(request: dict[str, Any]) -> None:
     """Type-check the request's train params; SonoInputError names the bad one."""
@@ -86,6 +94,8 @@ def _check_train_request(request: dict[str, Any]) -> None:
     number("learning_rate", float, 1e-9, 1.0)
     number("val_split", float, 0.0, 0.9)
     number("early_stop_patience", int, 0)
+    if "interactive_fraction" in request:
+        number("interactive_fraction", float, 0.0, 1.0)
 
 
 def split_by_image(items: list[dict[str, Any]], val_split: float, seed: int = 0) -> tuple[list, list]:
@@ -142,6 +152,12 @@ def prepare_organ_batch(batchdata: dict[str, Any], device=None, non_blocking: bo
     )
 
 
+def prepare_segmentation_batch(batchdata: dict[str, Any], device=None, non_blocking: bool = False, **kwargs):
+    """:func:`prepare_organ_batch` plus the labels as ``targets``, for simulating interactions."""
+    image, label, args, _ = prepare_organ_batch(batchdata, device, non_blocking, **kwargs)
+    return image, label, args, {"targets": label}
+
+
 class _TaskOutput(nn.Module):
     """The model's forward reduced to one task's logits (what MONAI's engines expect)."""
 
@@ -152,6 +168,40 @@ class _TaskOutput(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, organ_ids: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values, organ_ids=organ_ids)[self.key]
+
+
+class _SegmentationOutput(nn.Module):
+    """Segmentation logits; in training, with ``targets``, a share of the batches is interactive.
+
+    Args:
+        model: the :class:`~sonovlm.model.SonoVLM` being trained.
+        interactive_fraction: share of training batches given simulated prompts.
+        seed: seed of the prompt simulation.
+    """
+
+    def __init__(self, model: nn.Module, interactive_fraction: float, seed: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.interactive_fraction = interactive_fraction
+        self.rng = np.random.default_rng(seed)
+        self.interactive_batches = 0
+
+    def forward(
+        self, pixel_values: torch.Tensor, organ_ids: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        from ..model.click_simulation import training_prompt_maps
+
+        model = self.model
+        features = model.encode_image(pixel_values)
+        organ_ids = torch.as_tensor(organ_ids, device=model.organ_text.device).long().reshape(-1)
+        condition = model.organ_text[organ_ids]
+        maps = None
+        if self.training and targets is not None:
+            maps = training_prompt_maps(
+                model, features, condition, targets, self.rng, self.interactive_fraction
+            )
+            self.interactive_batches += maps is not None
+        return model.segment_logits(features, condition, maps)
 
 
 class _SonoTrainer(BasicTrainTask):
@@ -236,7 +286,14 @@ class _SonoTrainer(BasicTrainTask):
         logger.info(
             "Base model %s (%s); %d trainable parameters", self._base["version"], self._base["source"], counts
         )
-        return _TaskOutput(self._model, self.output_key)
+        return self.task_output(self._model, context)
+
+    def task_output(self, model: nn.Module, context: Context) -> nn.Module:
+        """The network MONAI's engines run: the model reduced to this task's logits."""
+        return _TaskOutput(model, self.output_key)
+
+    #: ``prepare_batch`` of the training engine (validation always uses :func:`prepare_organ_batch`).
+    train_prepare_batch = staticmethod(prepare_organ_batch)
 
     def select_trainable(self, model: nn.Module) -> None:
         raise NotImplementedError
@@ -300,7 +357,7 @@ class _SonoTrainer(BasicTrainTask):
             optimizer=context.optimizer,
             loss_function=self.loss_function(context),
             inferer=self.train_inferer(context),
-            prepare_batch=prepare_organ_batch,
+            prepare_batch=self.train_prepare_batch,
             amp=self._amp,
             postprocessing=self._validate_transforms(self.train_post_transforms(context), "Training", "post"),
             key_train_metric=self.train_key_metric(context),
@@ -338,6 +395,9 @@ class _SonoTrainer(BasicTrainTask):
             record["train_loss"] = sum(self._losses) / len(self._losses)
         for name, value in trainer.state.metrics.items():
             record[name] = _finite(value)
+        interactive = getattr(context.network, "interactive_batches", None)
+        if interactive is not None:  # cumulative count of batches trained with simulated prompts
+            record["interactive_batches"] = int(interactive)
         if evaluator is not None:
             for name, value in evaluator.state.metrics.items():
                 record[name] = _finite(value)
@@ -467,11 +527,18 @@ class SegmentationTrainer(_SonoTrainer):
     key_metric = "val_mean_dice"
     no_items_message = "no image has a final label yet: save labels (PUT /datastore/label) first"
 
-    def __init__(self, app_config: AppConfig, store: ModelStore) -> None:
-        super().__init__(app_config, store, "Train the adapter and segmentation head on the final labels")
-
     def items(self, datastore) -> list[dict[str, Any]]:
         return datastore.segmentation_items()
+
+    def __init__(self, app_config: AppConfig, store: ModelStore) -> None:
+        super().__init__(app_config, store, "Train the adapter and segmentation head on the final labels")
+        self._config["interactive_fraction"] = DEFAULT_INTERACTIVE_FRACTION
+
+    train_prepare_batch = staticmethod(prepare_segmentation_batch)
+
+    def task_output(self, model: nn.Module, context: Context) -> nn.Module:
+        fraction = float(context.request.get("interactive_fraction", DEFAULT_INTERACTIVE_FRACTION))
+        return _SegmentationOutput(model, fraction)
 
     def select_trainable(self, model: nn.Module) -> None:
         for param in model.cls_head.parameters():

@@ -12,7 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from .model_options import add_model_arguments, model_from_args, model_summary
+from .model_options import (
+    add_frame_argument,
+    add_image_arguments,
+    add_model_arguments,
+    model_from_args,
+    model_summary,
+)
 
 
 def register(subparsers) -> None:
@@ -21,9 +27,8 @@ def register(subparsers) -> None:
         help="benign/malignant probabilities of an organ's lesion in one frame",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, DICOM, NIfTI or NRRD file")
-    parser.add_argument("--organ", required=True, help="lymph_node, breast_lesion or thyroid_nodule")
-    parser.add_argument("--frame", type=int, metavar="N", help="0-based frame (default: the middle frame)")
+    add_image_arguments(parser)
+    add_frame_argument(parser)
     parser.add_argument("--json", action="store_true", help="print MONAI Label's classification JSON")
     add_model_arguments(parser)
     parser.set_defaults(func=run)

@@ -5,6 +5,7 @@
 ``--weights`` the backbone recorded in the checkpoint is the default; without, the hub id
 ``openai/clip-vit-base-patch16`` (which needs the weights in the HF cache when offline; use
 ``--backbone tiny`` for an untrained offline run).
+``IMAGE``, ``--organ`` and ``--frame``: the input of the commands that read one frame.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ import argparse
 from typing import Any
 
 ADAPTER_CHOICES = ("lora", "mona", "hybrid", "none")
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``IMAGE`` (the ultrasound file) and ``--organ`` (required): what a model command reads."""
+    parser.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, DICOM, NIfTI or NRRD file")
+    parser.add_argument("--organ", required=True, help="lymph_node, breast_lesion or thyroid_nodule")
+
+
+def add_frame_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--frame N`` (0-based; ``None`` = the middle frame)."""
+    parser.add_argument("--frame", type=int, metavar="N", help="0-based frame (default: the middle frame)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:

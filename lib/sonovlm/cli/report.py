@@ -21,17 +21,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "file",
-    "organ",
-    "pathology",
-    "labelled",
-    "classification",
-    "malignant_score",
-    "classification_model_version",
-    "measurement_source",
-    "frame",
+_MEASURED = (
     "calibrated",
     "area_mm2",
     "long_axis_mm",
@@ -43,16 +33,18 @@ COLUMNS: tuple[str, ...] = (
     "short_axis_px",
 )
 
-_MEASURED = (
-    "calibrated",
-    "area_mm2",
-    "long_axis_mm",
-    "short_axis_mm",
-    "axis_ratio",
-    "taller_than_wide",
-    "area_px",
-    "long_axis_px",
-    "short_axis_px",
+COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "file",
+    "organ",
+    "pathology",
+    "labelled",
+    "classification",
+    "malignant_score",
+    "classification_model_version",
+    "measurement_source",
+    "frame",
+    *_MEASURED,
 )
 
 

@@ -13,7 +13,13 @@ import argparse
 import json
 import os
 
-from .model_options import add_model_arguments, model_from_args, model_summary
+from .model_options import (
+    add_frame_argument,
+    add_image_arguments,
+    add_model_arguments,
+    model_from_args,
+    model_summary,
+)
 
 MASK_EXTENSIONS = (".png", ".nrrd", ".nii", ".nii.gz")
 
@@ -24,12 +30,11 @@ def register(subparsers) -> None:
         help="segment the lesion of an organ in one frame and write the mask",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, DICOM, NIfTI or NRRD file")
-    parser.add_argument("--organ", required=True, help="lymph_node, breast_lesion or thyroid_nodule")
+    add_image_arguments(parser)
     parser.add_argument(
         "--prompt", metavar="TEXT", help="free-text description of the target (default: the organ's)"
     )
-    parser.add_argument("--frame", type=int, metavar="N", help="0-based frame (default: the middle frame)")
+    add_frame_argument(parser)
     parser.add_argument(
         "--out", required=True, metavar="MASK", help="mask to write: .png, .nrrd, .nii or .nii.gz"
     )

@@ -35,7 +35,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ..errors import SonoInputError
-from ..organs import ORGAN_LABELS, PATHOLOGIES
+from ..organs import ORGAN_LABELS, PATHOLOGIES, organ_label
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,8 @@ assert set(ORGAN_CODING) == set(ORGAN_LABELS), "every organ needs its segment co
 
 def organ_coding(organ: str) -> OrganCoding:
     """The coding of ``organ``; :class:`SonoInputError` for an organ SonoVLM does not know."""
-    try:
-        return ORGAN_CODING[organ]
-    except KeyError:
-        known = ", ".join(ORGAN_CODING)
-        raise SonoInputError("organ", f"unknown organ {organ!r} (known: {known})") from None
+    organ_label(organ)
+    return ORGAN_CODING[organ]
 
 
 def _key(code: Any) -> tuple[str, str] | None:

@@ -168,11 +168,23 @@ def write_nrrd(path: str | os.PathLike, mask: np.ndarray, spacing_mm: tuple[floa
     Sizes ``cols rows 1`` (x fastest), space left-posterior-superior, identity directions scaled
     by the spacing (1 mm when ``None``), origin 0, gzip.
     """
+    write_nrrd_slices(path, np.ascontiguousarray(mask)[None], spacing_mm)
+
+
+def write_nrrd_slices(
+    path: str | os.PathLike, slices: np.ndarray, spacing_mm: tuple[float, float] | None
+) -> None:
+    """Write a ``(slices, rows, cols)`` array (e.g. a cine's frames) as a Slicer labelmap NRRD.
+
+    Sizes ``cols rows slices`` (x fastest), space left-posterior-superior, identity directions
+    scaled by the spacing (1 mm when ``None``; 1 between slices), origin 0, gzip; NRRD type the
+    array's dtype.
+    """
     import nrrd
 
     row_mm, col_mm = spacing_mm if spacing_mm is not None else UNCALIBRATED_SPACING
     header = {
-        "type": str(mask.dtype),
+        "type": str(slices.dtype),
         "space": "left-posterior-superior",
         "kinds": ["domain", "domain", "domain"],
         "space directions": np.diag([float(col_mm), float(row_mm), 1.0]),
@@ -180,7 +192,7 @@ def write_nrrd(path: str | os.PathLike, mask: np.ndarray, spacing_mm: tuple[floa
         "endian": "little",
         "encoding": "gzip",
     }
-    nrrd.write(os.fspath(path), np.ascontiguousarray(mask)[None], header, index_order="C")
+    nrrd.write(os.fspath(path), np.ascontiguousarray(slices), header, index_order="C")
 
 
 # -- NIfTI ----------------------------------------------------------------------------------------

@@ -153,6 +153,30 @@ def simulate_prompts(
     return torch.stack([p.maps(size) for p in prompts]).to(device)
 
 
+def training_prompt_maps(
+    model: torch.nn.Module,
+    features: object,
+    condition: torch.Tensor,
+    targets: torch.Tensor,
+    rng: np.random.Generator,
+    interactive_fraction: float = 0.5,
+    max_clicks: int = 3,
+) -> torch.Tensor | None:
+    """Prompt maps for one training batch, or None: a batch is interactive (simulated box, mask and
+    corrective clicks, :func:`simulate_prompts`) with probability ``interactive_fraction``, else
+    automatic (no prompts), so one network learns both uses. The trainers' shared sampling.
+
+    Args:
+        model, features, condition, targets, rng: as for :func:`simulate_prompts`.
+        interactive_fraction: share of interactive batches in [0, 1].
+    """
+    if not 0.0 <= interactive_fraction <= 1.0:
+        raise ValueError(f"interactive_fraction must be in [0, 1], got {interactive_fraction}")
+    if interactive_fraction == 0.0 or rng.random() >= interactive_fraction:
+        return None
+    return simulate_prompts(model, features, condition, targets, rng, max_clicks=max_clicks)
+
+
 def interactive_training_step(
     model: torch.nn.Module,
     optimiser: torch.optim.Optimizer,

@@ -40,6 +40,8 @@ from typing import Any
 #: Inference task names served by the SonoVLM app.
 SEGMENTATION_MODEL = "segmentation"
 CLASSIFICATION_MODEL = "classification"
+INTERACTIVE_MODEL = "interactive"
+PROPAGATE_MODEL = "propagate"
 
 #: Active-learning strategies of the SonoVLM app.
 STRATEGIES = ("diversity", "uncertainty", "random", "first")
@@ -87,6 +89,39 @@ def segmentation_params(
         params["prompt"] = prompt.strip()
     if frame is not None:
         params["frame"] = _checked_frame(frame)
+    return params
+
+
+def interaction_params(
+    foreground: list | tuple = (),
+    background: list | tuple = (),
+    roi: list | tuple | None = None,
+    frame: int | None = None,
+    organ: str = "auto",
+    prompt: str | None = None,
+) -> dict[str, Any]:
+    """The ``params`` of an ``interactive`` or ``propagate`` request, in the stock Slicer plugin's form.
+
+    Args:
+        foreground, background: positive / negative clicks as ``[i, j, k]`` (or ``[i, j]``)
+            0-based voxel indices: i = column, j = row, k = frame; rounded to integers here.
+        roi: a box as ``[i_min, i_max, j_min, j_max]`` or with ``k_min, k_max``, inclusive (the
+            server sorts reversed pairs); ``None`` = no box.
+        frame: the frame the clicks are on (sent as ``frame`` and ``slice``); ``None``: the
+            clicks' k.
+        organ, prompt: as for :func:`segmentation_params`.
+    """
+    params: dict[str, Any] = {"organ": _checked_organ(organ)}
+    for name, points in (("foreground", foreground), ("background", background)):
+        params[name] = [_voxel(point, name) for point in points]
+    if roi is not None:
+        if len(roi) not in (4, 6):
+            raise ValueError(f"roi must be [i_min, i_max, j_min, j_max(, k_min, k_max)], got {roi!r}")
+        params["roi"] = [int(round(float(v))) for v in roi]
+    if frame is not None:
+        params["frame"] = params["slice"] = _checked_frame(frame)
+    if prompt is not None and prompt.strip():
+        params["prompt"] = prompt.strip()
     return params
 
 
@@ -253,6 +288,46 @@ class SonoVLMClient:
         params = segmentation_params(organ, prompt, frame, result_extension)
         return self._infer(SEGMENTATION_MODEL, image_id, file, params)
 
+    def interactive(
+        self,
+        image_id: str | None = None,
+        file: str | None = None,
+        previous_mask: str | None = None,
+        result_extension: str = DEFAULT_RESULT_EXTENSION,
+        **prompts: Any,
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Refine one frame's mask with clicks, a box and/or the current mask (``interactive``).
+
+        ``prompts`` are :func:`interaction_params`'s arguments; ``previous_mask`` is a mask file
+        (one frame, or a labelmap of the whole cine) uploaded as the request's ``label``. Returns
+        ``(mask_path, result)`` as :meth:`segment`; ``result["interaction"]`` says what was used.
+        """
+        params = dict(interaction_params(**prompts), result_extension=result_extension)
+        return self._infer(INTERACTIVE_MODEL, image_id, file, params, label=previous_mask)
+
+    def propagate(
+        self,
+        image_id: str | None = None,
+        file: str | None = None,
+        seed_mask: str | None = None,
+        first_frame: int | None = None,
+        last_frame: int | None = None,
+        **prompts: Any,
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Follow a lesion through a cine from one seeded frame (``propagate``).
+
+        The seed is ``seed_mask`` (a mask file of frame ``frame``) and/or clicks and a box
+        (``prompts``, as :func:`interaction_params`); without either, the seed frame's automatic
+        result. Returns ``(labelmap_path, result)``: an NRRD labelmap of every frame (zero outside
+        ``first_frame..last_frame``) and ``result["confidence"]`` per frame (``None`` outside the
+        range), ``result["review_first"]`` the frames weakest first.
+        """
+        params = interaction_params(**prompts)
+        for name, value in (("first_frame", first_frame), ("last_frame", last_frame)):
+            if value is not None:
+                params[name] = _checked_frame(value)
+        return self._infer(PROPAGATE_MODEL, image_id, file, params, label=seed_mask)
+
     def classify(
         self,
         image_id: str | None = None,
@@ -266,7 +341,12 @@ class SonoVLMClient:
         return result
 
     def _infer(
-        self, model: str, image_id: str | None, file: str | None, params: dict[str, Any]
+        self,
+        model: str,
+        image_id: str | None,
+        file: str | None,
+        params: dict[str, Any],
+        label: str | None = None,
     ) -> tuple[str | None, dict[str, Any]]:
         if not image_id and not file:
             raise ValueError("give an image_id (datastore image) or a file to upload")
@@ -274,6 +354,8 @@ class SonoVLMClient:
         if self.client_id:
             params = dict(params, client_id=self.client_id)
         files = {"file": file} if file else {}
+        if label:  # a mask file: the server reads it from the request's "label" part
+            files["label"] = label
         status, headers, body = self._request(
             "POST", f"/infer/{_quote(model)}", query=query, fields={"params": json.dumps(params)}, files=files
         )
@@ -381,6 +463,12 @@ def _checked_frame(frame: int) -> int:
     if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
         raise ValueError(f"frame must be a 0-based integer, got {frame!r}")
     return frame
+
+
+def _voxel(point: Any, name: str) -> list[int]:
+    if not isinstance(point, (list, tuple)) or len(point) not in (2, 3):
+        raise ValueError(f"each {name} point must be [i, j, k] (column, row, frame), got {point!r}")
+    return [int(round(float(v))) for v in point]
 
 
 def _quote(segment: str) -> str:
