@@ -104,7 +104,10 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     if args.command == "zero-shot":
         args.epochs = max(args.epochs, 1)
-    return run_stage(args, STAGES[args.command]())
+    stage_class = STAGES[args.command]
+    # the segmentation stage draws its simulated interactions from its own seeded generator
+    stage = stage_class(seed=args.seed) if args.command == "segmentation" else stage_class()
+    return run_stage(args, stage)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:

@@ -228,6 +228,10 @@ class UltrasoundSceneLogic:
         A volume the user loaded (a case made by :meth:`case_from_volume` around it) is kept.
         """
         self.remove_axes(case)
+        segments = self.segmentation_sequence(case)
+        if segments is not None:
+            case.browser.RemoveProxyNode(case.segmentation)
+            self.scene.RemoveNode(segments)
         self._remove(case.segmentation)
         if case.browser is not None:
             self.scene.RemoveNode(case.browser)
@@ -291,6 +295,57 @@ class UltrasoundSceneLogic:
         finally:
             self._remove(labelmap)
         return segment_id
+
+    def apply_frame_masks(self, case: UltrasoundCase, masks: np.ndarray, organ: str) -> str:
+        """Put one mask per cine frame into the organ's segment; returns the segment id.
+
+        ``masks`` is ``(frames, rows, cols)``, non-zero = lesion. The case's segmentation becomes
+        the proxy of a segmentation sequence synchronised with the cine's browser (Slicer's way of
+        segmenting a sequence): each frame shows its own contour, and edits to a frame's segment
+        are saved to that frame. The frame shown is kept.
+        """
+        if case.browser is None:
+            raise ValueError(f"{case.name} is a single image: per-frame masks need a cine")
+        masks = np.asarray(masks)
+        if masks.shape != (case.frames, case.rows, case.cols):
+            raise ValueError(
+                f"the masks' shape is {masks.shape}; the cine is ({case.frames}, {case.rows}, {case.cols})"
+            )
+        shown = case.current_frame()
+        sequence = self.segmentation_sequence(case)
+        if sequence is None:
+            sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{case.name} segments")
+            sequence.SetIndexName(case.sequence.GetIndexName())
+            sequence.SetIndexUnit(case.sequence.GetIndexUnit())
+            sequence.SetIndexType(case.sequence.GetIndexType())
+            sequence.SetAttribute(CASE_ATTRIBUTE, case.volume.GetID())
+            attach = True
+        else:
+            attach = False
+        segment_id = None
+        try:
+            for frame in range(case.frames):
+                self.select_frame(case, frame)
+                segment_id = self.apply_mask(case, masks[frame], organ, frame=frame)
+                sequence.SetDataNodeAtValue(case.segmentation, case.sequence.GetNthIndexValue(frame))
+            if attach:
+                case.browser.AddSynchronizedSequenceNode(sequence)
+                case.browser.AddProxyNode(case.segmentation, sequence, False)
+                case.browser.SetSaveChanges(sequence, True)
+        finally:
+            self.select_frame(case, shown)
+        return segment_id
+
+    def segmentation_sequence(self, case: UltrasoundCase) -> Any:
+        """The sequence of per-frame segmentations of a propagated cine, ``None`` before one."""
+        if case.browser is None:
+            return None
+        sequence = case.browser.GetSequenceNode(case.segmentation)
+        return sequence if sequence is not None and sequence is not case.sequence else None
+
+    def remove_segment(self, case: UltrasoundCase, segment_id: str) -> None:
+        """Remove a segment from the case's segmentation (the frame shown, for a propagated cine)."""
+        case.segmentation.GetSegmentation().RemoveSegment(segment_id)
 
     def find_segment(self, case: UltrasoundCase, organ: str) -> str | None:
         """Id of the case's segment tagged with ``organ``, or ``None``."""
@@ -502,8 +557,6 @@ def read_mask(path: str) -> np.ndarray:
     own geometry is not used: :meth:`UltrasoundSceneLogic.apply_mask` puts the mask on the
     image's grid.
     """
-    import slicer
-
     if path.lower().endswith(".png"):
         import vtk
         from vtk.util import numpy_support
@@ -522,6 +575,25 @@ def read_mask(path: str) -> np.ndarray:
         # VTK's PNG reader stores the image bottom-up (lower-left origin): flip back to rows top-down.
         return pixels[::-1].copy()
 
+    voxels = _read_label_voxels(path)
+    if voxels.ndim != 3 or voxels.shape[0] != 1:
+        raise ValueError(f"{path}: a mask must be one slice, got voxel array shape {voxels.shape}")
+    return voxels[0]
+
+
+def read_frame_masks(path: str) -> np.ndarray:
+    """Read a cine's labelmap (NRRD/NIfTI, frames as slices, as ``propagate`` writes it) as
+    ``(frames, rows, cols)`` with the stored values; the file's geometry is not used."""
+    voxels = _read_label_voxels(path)
+    if voxels.ndim != 3:
+        raise ValueError(f"{path}: a cine labelmap must be (frames, rows, cols), got {voxels.shape}")
+    return voxels
+
+
+def _read_label_voxels(path: str) -> np.ndarray:
+    """A labelmap file's voxels ``(slices, rows, cols)`` as Slicer reads them, in a private scene."""
+    import slicer
+
     scene = slicer.vtkMRMLScene()
     volume = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -530,10 +602,7 @@ def read_mask(path: str) -> np.ndarray:
     scene.AddNode(storage)
     if not storage.ReadData(volume) or volume.GetImageData() is None:
         raise ValueError(f"{path}: Slicer could not read this mask")
-    voxels = np.array(slicer.util.arrayFromVolume(volume))
-    if voxels.ndim != 3 or voxels.shape[0] != 1:
-        raise ValueError(f"{path}: a mask must be one slice, got voxel array shape {voxels.shape}")
-    return voxels[0]
+    return np.array(slicer.util.arrayFromVolume(volume))
 
 
 def _segment_tag(case: UltrasoundCase, segment_id: str, tag: str) -> str | None:

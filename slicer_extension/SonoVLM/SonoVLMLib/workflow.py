@@ -1,16 +1,30 @@
-"""The sonographer's workflow, without Qt: next case, auto-segment, classify, measure, submit,
-train. The Slicer module's logic (``SonoVLMLogic``) is this class; the widget only wires buttons
-to its methods and shows what they return.
+"""The sonographer's workflow, without Qt: next case, auto-segment, correct with clicks and a box
+(undo), propagate through a cine, classify, measure, submit, train. The Slicer module's logic
+(``SonoVLMLogic``) is this class; the widget only wires buttons to its methods and shows what they
+return.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .client import SonoVLMClient, SonoVLMClientError
+from .interaction import (
+    ContourHistory,
+    ContourSnapshot,
+    FrameConfidence,
+    Prompts,
+    box_roi,
+    ras_to_ijk_matrix,
+    ras_to_voxels,
+    review_order,
+)
 from .measurement import LesionMeasurement
 from .organs import ORGAN_LABELS
 from .replies import (
@@ -21,7 +35,13 @@ from .replies import (
     server_summary,
     training_progress,
 )
-from .scene import UltrasoundCase, UltrasoundSceneLogic, read_mask
+from .scene import UltrasoundCase, UltrasoundSceneLogic, read_frame_masks, read_mask
+
+#: Contours kept for undo (per session, all cases together).
+UNDO_DEPTH = 20
+
+#: ``progress(done, total, message)`` of a propagation.
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,40 @@ class SegmentationOutcome:
     organ: str
     result: dict
     measurement: LesionMeasurement | None
+
+
+@dataclass(frozen=True)
+class UndoOutcome:
+    """What an undo restored.
+
+    Attributes:
+        segment_id: the restored segment, ``None`` when the undo removed it (it did not exist).
+        organ: the organ of the segment.
+        frame: the frame it is on (``None`` for a single image).
+        measurement: measurements of the restored contour, ``None`` when empty or removed.
+    """
+
+    segment_id: str | None
+    organ: str
+    frame: int | None
+    measurement: LesionMeasurement | None
+
+
+@dataclass(frozen=True)
+class PropagationOutcome:
+    """What a propagation through a cine produced.
+
+    Attributes:
+        segment_id: the organ's segment, one contour per frame (a segmentation sequence).
+        organ: the organ the server segmented.
+        review: the segmented frames with their confidence, weakest first.
+        result: the server's JSON (``confidence``, ``review_first``, ``first_frame``...).
+    """
+
+    segment_id: str
+    organ: str
+    review: list[FrameConfidence]
+    result: dict
 
 
 class AnnotationSession:
@@ -61,6 +115,9 @@ class AnnotationSession:
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="sonovlm-session-")
         self.submissions = 0
         self._info: dict[str, Any] | None = None
+        self.history = ContourHistory(UNDO_DEPTH)
+        self._prompts: dict[str, Prompts] = {}  # clicks and box per case, on its current frame
+        self._organs: dict[str, str] = {}  # the organ last segmented per case (resolves "auto")
 
     # ---------------------------------------------------------------- server
 
@@ -116,23 +173,201 @@ class AnnotationSession:
             prompt=prompt,
             frame=case.current_frame() if case.is_cine else None,
         )
+        mask, segmented_organ = self._reply_mask(image_id, mask_path, result, organ)
+        before = self._prompts.get(_case_key(case))
+        self._prompts.pop(_case_key(case), None)  # a new automatic contour starts the clicks afresh
+        return self._replace_contour(case, mask, segmented_organ, result, before)
+
+    # ---------------------------------------------------------------- interaction
+
+    def add_click(
+        self,
+        case: UltrasoundCase,
+        positive: bool,
+        ras: Sequence[float],
+        organ: str = "auto",
+        prompt: str | None = None,
+    ) -> SegmentationOutcome:
+        """A positive (add) or negative (remove) click at RAS ``ras`` on the frame shown: the
+        server refines the contour with every click and the box of this frame plus the current
+        contour, and the segment is updated in place (undo restores it)."""
+        prompts = self.prompts(case).copy()
+        frame = prompts.frame
+        point = ras_to_voxels(ras_to_ijk_matrix(case.volume), [ras], frame)[0]
+        (prompts.foreground if positive else prompts.background).append(point)
+        return self._interact(case, prompts, organ, prompt)
+
+    def set_box(
+        self,
+        case: UltrasoundCase,
+        ras_a: Sequence[float],
+        ras_b: Sequence[float],
+        organ: str = "auto",
+        prompt: str | None = None,
+    ) -> SegmentationOutcome:
+        """A box with opposite RAS corners ``ras_a``, ``ras_b`` (any order) around the lesion on the
+        frame shown; replaces an earlier box, keeps the clicks."""
+        prompts = self.prompts(case).copy()
+        prompts.roi = box_roi(ras_to_ijk_matrix(case.volume), ras_a, ras_b, prompts.frame)
+        return self._interact(case, prompts, organ, prompt)
+
+    def prompts(self, case: UltrasoundCase) -> Prompts:
+        """The clicks and box of the frame shown (empty after another frame or a new contour)."""
+        frame = case.current_frame()
+        current = self._prompts.get(_case_key(case))
+        return current if current is not None and current.frame == frame else Prompts(frame)
+
+    def undo(self, case: UltrasoundCase) -> UndoOutcome | None:
+        """Restore the contour (and clicks) before the latest change; ``None``: nothing to undo."""
+        snapshot = self.history.pop(_case_key(case))
+        if snapshot is None:
+            return None
+        per_frame = self.scene_logic.segmentation_sequence(case) is not None
+        if per_frame and snapshot.frame is not None and snapshot.frame != case.current_frame():
+            self.scene_logic.select_frame(case, snapshot.frame)  # that frame's contour changed
+        self._prompts[_case_key(case)] = snapshot.prompts
+        if snapshot.mask is None:
+            segment_id = self.scene_logic.find_segment(case, snapshot.organ)
+            if segment_id is not None:
+                self.scene_logic.remove_segment(case, segment_id)
+            self.scene_logic.remove_axes(case)
+            return UndoOutcome(None, snapshot.organ, snapshot.frame, None)
+        segment_id = self.scene_logic.apply_mask(case, snapshot.mask, snapshot.organ, frame=snapshot.frame)
+        measurement = self.update_measurements(case, segment_id)
+        return UndoOutcome(segment_id, snapshot.organ, snapshot.frame, measurement)
+
+    def propagate(
+        self,
+        case: UltrasoundCase,
+        organ: str = "auto",
+        prompt: str | None = None,
+        first_frame: int | None = None,
+        last_frame: int | None = None,
+        progress: Progress | None = None,
+    ) -> PropagationOutcome:
+        """Follow the lesion through the cine from the frame shown (to ``first_frame`` ..
+        ``last_frame``, default all). The seed is the organ's contour on this frame when there is
+        one, plus this frame's clicks and box; without either, the server's automatic result.
+        Every frame gets its own contour in the organ's segment (frames outside the range
+        empty); ``progress(done, total, message)`` is called as the work goes on."""
+        if not case.is_cine:
+            raise ValueError(f"{case.name} is a single image: propagation needs a cine")
+        report = progress or (lambda done, total, message: None)
+        total = case.frames + 1
+        image_id = self._image_id(case)
+        prompts = self.prompts(case)
+        seed_path = self._current_contour_file(case, organ)
+        report(0, total, f"Propagating from frame {prompts.frame} on the server")
+        try:
+            labelmap_path, result = self.client.propagate(
+                image_id=image_id,
+                seed_mask=seed_path,
+                first_frame=first_frame,
+                last_frame=last_frame,
+                organ=organ,
+                prompt=prompt,
+                **prompts.as_params(),
+            )
+        finally:
+            if seed_path is not None:
+                os.remove(seed_path)
+        if labelmap_path is None:
+            raise ValueError(f"the server sent no labelmap for {image_id} (reply: {result!r})")
+        try:
+            masks = read_frame_masks(labelmap_path)
+        finally:
+            os.remove(labelmap_path)
+        segmented_organ = self._known_organ(result, organ)
+        review = review_order(result)
+        report(1, total, "Reading the frames' contours")
+        segment_id = self.scene_logic.apply_frame_masks(case, masks, segmented_organ)
+        self._organs[_case_key(case)] = segmented_organ
+        report(total, total, f"{len(review)} frames segmented")
+        self.update_measurements(case, segment_id)
+        return PropagationOutcome(segment_id, segmented_organ, review, result)
+
+    def _interact(
+        self, case: UltrasoundCase, prompts: Prompts, organ: str, prompt: str | None
+    ) -> SegmentationOutcome:
+        """One ``interactive`` request with ``prompts`` and the current contour; the reply replaces
+        the contour in place. The prompts are kept only when the request succeeded."""
+        image_id = self._image_id(case)
+        previous_path = self._current_contour_file(case, organ)
+        try:
+            mask_path, result = self.client.interactive(
+                image_id=image_id,
+                previous_mask=previous_path,
+                organ=organ,
+                prompt=prompt,
+                **prompts.as_params(),
+            )
+        finally:
+            if previous_path is not None:
+                os.remove(previous_path)
+        mask, segmented_organ = self._reply_mask(image_id, mask_path, result, organ)
+        before = self._prompts.get(_case_key(case))
+        self._prompts[_case_key(case)] = prompts
+        return self._replace_contour(case, mask, segmented_organ, result, before)
+
+    def _replace_contour(
+        self,
+        case: UltrasoundCase,
+        mask: np.ndarray,
+        organ: str,
+        result: dict[str, Any],
+        prompts_before: Prompts | None,
+    ) -> SegmentationOutcome:
+        """Snapshot the organ's contour for undo, then put ``mask`` in its place and measure it."""
+        frame = result.get("frame") if case.is_cine else None
+        frame = int(frame) if frame is not None else None
+        existing = self.scene_logic.find_segment(case, organ)
+        self.history.push(
+            ContourSnapshot(
+                case_key=_case_key(case),
+                organ=organ,
+                frame=self.scene_logic.segment_frame(case, existing) if existing is not None else frame,
+                mask=self.scene_logic.segment_mask(case, existing) if existing is not None else None,
+                prompts=(prompts_before or Prompts(case.current_frame())).copy(),
+            )
+        )
+        segment_id = self.scene_logic.apply_mask(case, mask, organ, frame=frame)
+        self._organs[_case_key(case)] = organ
+        measurement = self.update_measurements(case, segment_id)
+        return SegmentationOutcome(segment_id, organ, result, measurement)
+
+    def _current_contour_file(self, case: UltrasoundCase, organ: str) -> str | None:
+        """The organ's current contour on the frame shown as a label file for the server, ``None``
+        when there is none (or it is empty). For ``auto``, the organ last segmented."""
+        target = organ if organ in ORGAN_LABELS else self._organs.get(_case_key(case))
+        segment_id = self.scene_logic.find_segment(case, target) if target else None
+        if segment_id is None or not self.scene_logic.segment_mask(case, segment_id).any():
+            return None
+        folder = os.path.join(self.work_dir, "contours")
+        os.makedirs(folder, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="contour-", suffix=".nrrd", dir=folder)
+        os.close(fd)
+        return self.scene_logic.export_label(case, segment_id, path)
+
+    def _reply_mask(
+        self, image_id: str, mask_path: str | None, result: dict[str, Any], organ: str
+    ) -> tuple[np.ndarray, str]:
+        """The mask file of a segmentation-like reply, read and removed, and the organ segmented."""
         if mask_path is None:
             raise ValueError(f"the server sent no mask for {image_id} (reply: {result!r})")
         try:
             mask = read_mask(mask_path)
         finally:
             os.remove(mask_path)
+        return mask, self._known_organ(result, organ)
+
+    @staticmethod
+    def _known_organ(result: dict[str, Any], organ: str) -> str:
         segmented_organ = str(result.get("organ") or organ)
         if segmented_organ not in ORGAN_LABELS:
             raise ValueError(
                 f"the server segmented an organ the extension does not know: {segmented_organ!r}"
             )
-        frame = result.get("frame") if case.is_cine else None
-        segment_id = self.scene_logic.apply_mask(
-            case, mask, segmented_organ, frame=int(frame) if frame is not None else None
-        )
-        measurement = self.update_measurements(case, segment_id)
-        return SegmentationOutcome(segment_id, segmented_organ, result, measurement)
+        return segmented_organ
 
     def classify(self, case: UltrasoundCase, organ: str) -> ClassificationSummary:
         """Benign/malignant probabilities of the case's current frame."""
@@ -201,3 +436,8 @@ class AnnotationSession:
         if not case.image_id:
             raise ValueError(f"{case.name} is not on the server yet: use Next sample, or upload the volume")
         return case.image_id
+
+
+def _case_key(case: UltrasoundCase) -> str:
+    """A case's identity in the session's state: its volume node's id."""
+    return str(case.volume.GetID())
