@@ -24,6 +24,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from SonoVLMLib.client import SonoVLMClient, SonoVLMClientError
+from SonoVLMLib.geometry import pixel_points_to_ras, volume_ijk_to_ras
+from SonoVLMLib.interaction import control_points_ras
 from SonoVLMLib.organs import ORGAN_LABELS, segment_name
 from SonoVLMLib.replies import organ_label_text
 from SonoVLMLib.scene import UltrasoundSceneLogic
@@ -35,6 +37,13 @@ TOKEN_SETTING = "SonoVLM/token"
 CLIENT_ID_SETTING = "SonoVLM/clientId"
 AUTO_SEGMENT_SHORTCUT = "Ctrl+Shift+A"
 TRAINING_POLL_MS = 3000
+
+#: Interaction tools: markups node name and colour of their points.
+PROMPT_TOOLS = {
+    "positive": ("SonoVLM positive points", (0.2, 0.9, 0.3)),
+    "negative": ("SonoVLM negative points", (0.95, 0.25, 0.2)),
+    "box": ("SonoVLM box corners", (1.0, 0.8, 0.1)),
+}
 
 
 class SonoVLM(ScriptedLoadableModule):
@@ -66,6 +75,9 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.case = None
         self.segment_id = None
         self.shortcut = None
+        self.toolNodes = {}
+        self.activeTool = None
+        self._syncingPrompts = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -93,6 +105,13 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.connect("clicked()", self.onTrain)
         self.ui.stopTrainingButton.connect("clicked()", self.onStopTraining)
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
+        for tool, button in self._toolButtons().items():
+            button.connect("toggled(bool)", lambda on, tool=tool: self.onTool(tool, on))
+        self.ui.undoInteractionButton.connect("clicked()", self.onUndo)
+        self.ui.propagateButton.connect("clicked()", self.onPropagate)
+        self.ui.frameConfidenceList.connect("itemClicked(QListWidgetItem*)", self.onFrameClicked)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
 
         self.shortcut = qt.QShortcut(qt.QKeySequence(AUTO_SEGMENT_SHORTCUT), slicer.util.mainWindow())
         self.shortcut.connect("activated()", self.onAutoSegment)
@@ -243,6 +262,105 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.serverInfoLabel.text = self.logic.connect().text()  # a new model may be served
         self._updateButtons(training=progress.running)
 
+    def onTool(self, tool, on):
+        """A tool button toggled: place its points in the views (persistent place mode)."""
+        if not on:
+            if self.activeTool == tool:
+                self.activeTool = None
+                slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
+            return
+        for name, button in self._toolButtons().items():
+            if name != tool and button.checked:
+                button.blockSignals(True)
+                button.checked = False
+                button.blockSignals(False)
+        self.activeTool = tool
+        node = self._toolNode(tool)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selection.SetActivePlaceNodeID(node.GetID())
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetPlaceModePersistence(1)
+        interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def onInteractionModeChanged(self, caller=None, event=None):
+        if caller is not None and caller.GetCurrentInteractionMode() != caller.Place:
+            self.activeTool = None
+            for button in self._toolButtons().values():
+                button.blockSignals(True)
+                button.checked = False
+                button.blockSignals(False)
+
+    def onPointPlaced(self, caller=None, event=None):
+        if self._syncingPrompts:
+            return
+        # Ask the server once the view has finished its placement event.
+        qt.QTimer.singleShot(0, lambda node=caller: self._promptPlaced(node))
+
+    def _promptPlaced(self, node):
+        tool = next((name for name, tool_node in self.toolNodes.items() if tool_node is node), None)
+        points = control_points_ras(node) if tool is not None else []
+        if not points or self.logic is None or self.case is None:
+            return
+        organ, prompt = self._organAndPrompt()
+        if tool == "box":
+            if len(points) < 2:
+                self._setStatus("Box: click the opposite corner.")
+                return
+            with self._busy("Segmenting in the box"):
+                self._showOutcome(self.logic.set_box(self.case, points[-2], points[-1], organ, prompt))
+        else:
+            action = "Adding" if tool == "positive" else "Removing"
+            with self._busy(f"{action} a region"):
+                self._showOutcome(
+                    self.logic.add_click(self.case, tool == "positive", points[-1], organ, prompt)
+                )
+        self._showPrompts()
+
+    def onUndo(self):
+        if self.logic is None or self.case is None:
+            return
+        with self._busy("Undoing"):
+            outcome = self.logic.undo(self.case)
+            if outcome is None:
+                self._setStatus("Nothing to undo.")
+            else:
+                self.segment_id = outcome.segment_id
+                self._showMeasurements(outcome.measurement)
+                self._setStatus("Previous contour restored.")
+        self._showPrompts()
+
+    def onPropagate(self):
+        if self.logic is None or self.case is None or not self.case.is_cine:
+            return
+        organ, prompt = self._organAndPrompt()
+        frames = self.ui.frameConfidenceList
+        frames.clear()
+        self.ui.propagateProgressBar.value = 0
+
+        def progress(done, total, message):
+            self.ui.propagateProgressBar.maximum = total
+            self.ui.propagateProgressBar.value = done
+            self._setStatus(message)
+            slicer.app.processEvents()
+
+        with self._busy("Propagating through the cine"):
+            outcome = self.logic.propagate(self.case, organ, prompt, progress=progress)
+            self.segment_id = outcome.segment_id
+            for frame in outcome.review:
+                item = qt.QListWidgetItem(frame.text())
+                item.setData(qt.Qt.UserRole, frame.frame)
+                frames.addItem(item)
+            self._setStatus(f"{len(outcome.review)} frames segmented; review the weakest first.")
+
+    def onFrameClicked(self, item):
+        if self.logic is None or self.case is None:
+            return
+        with self._busy("Showing the frame"):
+            self.logic.scene_logic.select_frame(self.case, int(item.data(qt.Qt.UserRole)))
+        self.updateMeasurements()
+        self._showPrompts()
+
     def onSegmentModified(self, caller=None, event=None):
         self.measureTimer.start()
 
@@ -260,6 +378,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneClosed(self, caller=None, event=None):
         self.case = None
         self.segment_id = None
+        self.toolNodes = {}
+        self.ui.frameConfidenceList.clear()
         self._showMeasurements(None)
         self._updateButtons()
 
@@ -293,6 +413,56 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 qt.QApplication.restoreOverrideCursor()
             self._updateButtons()
 
+    def _toolButtons(self):
+        return {
+            "positive": self.ui.positivePointButton,
+            "negative": self.ui.negativePointButton,
+            "box": self.ui.boxButton,
+        }
+
+    def _toolNode(self, tool):
+        """The markups node a tool places its points in (made on first use)."""
+        node = self.toolNodes.get(tool)
+        if node is None or slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
+            name, colour = PROMPT_TOOLS[tool]
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*colour)
+            node.GetDisplayNode().SetPointLabelsVisibility(False)
+            self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+            self.toolNodes[tool] = node
+        return node
+
+    def _showPrompts(self):
+        """Show the clicks the logic holds for the frame shown (after a reply, an error or undo)."""
+        if self.logic is None or self.case is None:
+            return
+        prompts = self.logic.prompts(self.case)
+        ijk_to_ras = volume_ijk_to_ras(self.case.volume)
+        self._syncingPrompts = True
+        try:
+            for tool, points in (
+                ("positive", prompts.foreground),
+                ("negative", prompts.background),
+                ("box", []),
+            ):
+                node = self._toolNode(tool)
+                node.RemoveAllControlPoints()
+                if points:
+                    for ras in pixel_points_to_ras(ijk_to_ras, [(i, j) for i, j, _ in points]):
+                        node.AddControlPoint(*ras)
+        finally:
+            self._syncingPrompts = False
+
+    def _showOutcome(self, outcome):
+        self.segment_id = outcome.segment_id
+        self.ui.segmentEditorWidget.setCurrentSegmentID(outcome.segment_id)
+        self._showMeasurements(outcome.measurement)
+        self._setStatus(f"{segment_name(outcome.organ)} updated.")
+
+    def _organAndPrompt(self):
+        return self.ui.organComboBox.currentData, self.ui.promptLineEdit.text.strip() or None
+
     def _fail(self, action, message, details):
         self._setStatus(f"{action} failed: {message}")
         slicer.util.errorDisplay(f"{action} failed:\n{message}", detailedText=details)
@@ -321,6 +491,9 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.scene_logic.remove_case(self.case)
         self.case = case
         self.segment_id = None
+        self.ui.frameConfidenceList.clear()
+        self.ui.propagateProgressBar.value = 0
+        self._showPrompts()
         slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
         slicer.util.setSliceViewerLayers(background=case.volume, fit=True)
         editor = self.ui.segmentEditorWidget
@@ -379,6 +552,10 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.submitButton,
             self.ui.trainButton,
             self.ui.stopTrainingButton,
+            self.ui.undoInteractionButton,
+            self.ui.propagateButton,
+            self.ui.frameConfidenceList,
+            *self._toolButtons().values(),
         ):
             button.enabled = enabled
 
@@ -392,6 +569,10 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.autoSegmentButton.enabled = has_case
         self.ui.classifyButton.enabled = has_case
         self.ui.submitButton.enabled = has_case
+        for button in (*self._toolButtons().values(), self.ui.undoInteractionButton):
+            button.enabled = has_case
+        self.ui.propagateButton.enabled = has_case and self.case.is_cine
+        self.ui.frameConfidenceList.enabled = has_case and self.case.is_cine
         self.ui.trainButton.enabled = connected and not running
         self.ui.stopTrainingButton.enabled = connected and running
 

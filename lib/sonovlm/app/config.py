@@ -133,7 +133,13 @@ class AppConfig:
         model_dir = conf.pop("model_dir", "").strip()
         model_dir_path = Path(model_dir) if model_dir else Path(app_dir) / "model"
 
-        backbone = conf.pop("backbone", cls.backbone).strip()
+        if "backbone" not in conf and weights is not None:
+            # A checkpoint names the backbone it was trained on; serve it there unless told otherwise.
+            from ..model import read_checkpoint_metadata
+
+            backbone = str(read_checkpoint_metadata(weights)["config"]["backbone"])
+        else:
+            backbone = conf.pop("backbone", cls.backbone).strip()
         if not backbone:
             raise SonoInputError("--conf backbone", "must not be empty")
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import SonoInputError
 from .formats import DICOM, DICOM_RAW, NIFTI, NRRD, NUMPY, RASTER, is_nifti_name, sniff
 from .raster import frame_arrays, raster_format
-from .volume import read_nifti, read_nrrd, write_nifti, write_nrrd
+from .volume import MASK_GZIP_LEVEL, read_nifti, read_nrrd, write_nifti, write_nrrd
 
 #: JPEG values below this are read as background (compression noise).
 JPEG_NOISE_FLOOR = 128
@@ -163,7 +163,7 @@ def save_mask(
     if name.endswith(".png"):
         from PIL import Image
 
-        Image.fromarray(labels).save(os.fspath(path), format="PNG")
+        Image.fromarray(labels).save(os.fspath(path), format="PNG", compress_level=MASK_GZIP_LEVEL)
     elif name.endswith(".nrrd"):
         write_nrrd(path, labels, spacing_mm)
     elif is_nifti_name(name):

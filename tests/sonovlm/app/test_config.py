@@ -52,3 +52,14 @@ def test_values(tmp_path):
 def test_bad_values(tmp_path, conf, message):
     with pytest.raises(SonoInputError, match=message):
         AppConfig.from_conf(conf, tmp_path)
+
+
+def test_weights_bring_their_own_backbone(tmp_path):
+    from sonovlm.model import load_model, save_checkpoint
+
+    checkpoint = tmp_path / "trained.safetensors"
+    save_checkpoint(load_model(backbone="tiny", adapter="lora"), checkpoint)
+    config = AppConfig.from_conf({"weights": str(checkpoint)}, tmp_path / "app")
+    assert config.backbone == "tiny"
+    explicit = AppConfig.from_conf({"weights": str(checkpoint), "backbone": "vit-b16"}, tmp_path / "app")
+    assert explicit.backbone == "vit-b16"
