@@ -11,7 +11,8 @@ from sonovlm.errors import SonoInputError
 
 def test_defaults(tmp_path):
     config = AppConfig.from_conf({}, tmp_path / "app")
-    assert config.backbone == "openai/clip-vit-base-patch16" and config.adapter is None and config.weights is None
+    assert config.backbone == "openai/clip-vit-base-patch16"
+    assert config.adapter is None and config.weights is None
     assert config.models == MODEL_NAMES and config.model_dir == (tmp_path / "app" / "model").resolve()
     assert config.train_threads >= 1 and config.auto_scoring
 
