@@ -3,9 +3,11 @@
 Configuration (``--conf KEY VALUE``; all optional):
 
 ==================  ==========================================================================
-backbone            hub id (default ``openai/clip-vit-base-patch16``), local directory, or untrained preset ``tiny`` / ``vit-b16``
+backbone            hub id (default ``openai/clip-vit-base-patch16``), local directory,
+                    or untrained preset ``tiny`` / ``vit-b16``
 adapter             ``mona`` (default), ``lora``, ``hybrid`` or ``none``
-weights             checkpoint served while nothing has been published yet
+weights             checkpoint served while nothing has been published yet (on its
+                    recorded backbone unless ``backbone`` is given)
 device              ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``
 models              ``all`` (default) or a comma list of ``segmentation``, ``classification``
 model_dir           published models and their history (default ``monailabel_app/model/``)

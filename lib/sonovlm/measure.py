@@ -178,7 +178,11 @@ def measure_lesion(
     pixels = _axes_geometry(outline, 1.0, 1.0)
     physical = _axes_geometry(outline, spacing[0], spacing[1]) if spacing is not None else None
     return LesionMeasurement(
-        pixels=pixels, physical=physical, spacing_mm=spacing, area_px=int(outline.ys.size), components=components
+        pixels=pixels,
+        physical=physical,
+        spacing_mm=spacing,
+        area_px=int(outline.ys.size),
+        components=components,
     )
 
 
