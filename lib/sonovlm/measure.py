@@ -173,8 +173,13 @@ def measure_lesion(
     if mask.ndim != 2:
         raise SonoInputError(source, f"a lesion mask must be 2D (rows, cols), got shape {mask.shape}")
     spacing = _checked_spacing(spacing_mm)
-    lesion, components = _largest_component(mask != 0, source)
-    outline = _Outline.of(lesion)
+    # Everything outside the box around the non-zero pixels is background: work inside it only.
+    nonzero = mask != 0
+    rows, cols = np.flatnonzero(nonzero.any(axis=1)), np.flatnonzero(nonzero.any(axis=0))
+    r0, c0 = (int(rows[0]), int(cols[0])) if rows.size else (0, 0)
+    r1, c1 = (int(rows[-1]) + 1, int(cols[-1]) + 1) if rows.size else nonzero.shape
+    lesion, components = _largest_component(nonzero[r0:r1, c0:c1], source)
+    outline = _Outline.of(lesion, (r0, c0))
     pixels = _axes_geometry(outline, 1.0, 1.0)
     physical = _axes_geometry(outline, spacing[0], spacing[1]) if spacing is not None else None
     return LesionMeasurement(
@@ -265,9 +270,12 @@ class _Outline:
     vertices: np.ndarray
 
     @classmethod
-    def of(cls, lesion: np.ndarray) -> _Outline:
+    def of(cls, lesion: np.ndarray, origin: tuple[int, int] = (0, 0)) -> _Outline:
+        """The outline of ``lesion``, a crop whose pixel ``(0, 0)`` is the image's ``origin``
+        ``(row, col)`` (the image outside the crop being background)."""
         ys, xs = np.nonzero(lesion)
-        return cls(ys, xs, _boundary_edges(lesion), _boundary_vertices(lesion))
+        edges, vertices = _boundary_edges(lesion, origin), _boundary_vertices(lesion, origin)
+        return cls(ys + origin[0], xs + origin[1], edges, vertices)
 
 
 def _axes_geometry(outline: _Outline, row_mm: float, col_mm: float) -> AxesGeometry:
@@ -398,34 +406,36 @@ def _widest_perpendicular(
     return best_extent, t_candidates[best_k], vmin[best_k], vmax[best_k]
 
 
-def _boundary_vertices(lesion: np.ndarray) -> np.ndarray:
+def _boundary_vertices(lesion: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The distinct ends of :func:`_boundary_edges`, ``(k, 2)`` ``(x, y)``, sorted by x then y.
 
     A pixel corner is on the boundary when the four pixels around it are not all alike (the
-    image border counts as background).
+    image border counts as background); ``origin`` as in :meth:`_Outline.of`.
     """
     padded = np.pad(lesion.astype(bool), 1)
     around = padded[:-1, :-1].astype(np.int8) + padded[:-1, 1:] + padded[1:, :-1] + padded[1:, 1:]
     # Corner (r, c) of the grid lies at x = c - 0.5, y = r - 0.5; scanning the transpose sorts
     # by x, then y.
     cols, rows = np.nonzero(((around > 0) & (around < 4)).T)
-    return np.stack([cols - 0.5, rows - 0.5], axis=1)
+    return np.stack([cols + origin[1] - 0.5, rows + origin[0] - 0.5], axis=1)
 
 
-def _boundary_edges(lesion: np.ndarray) -> np.ndarray:
+def _boundary_edges(lesion: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Edges between lesion and background pixels: ``(n, 2, 2)`` segments of ``(x, y)`` corners.
 
     Pixel ``(x, y)`` covers ``[x - 0.5, x + 0.5] × [y - 0.5, y + 0.5]``; the image border counts as
-    background.
+    background; ``origin`` as in :meth:`_Outline.of`.
     """
     padded = np.pad(lesion, 1).astype(np.int8)
     # Horizontal edges: where a pixel differs from the one above it. Row r of the diff lies
     # between padded rows r and r + 1, i.e. at y = r - 0.5 in image coordinates.
     rows, cols = np.nonzero(np.diff(padded, axis=0) != 0)
+    rows, cols = rows + origin[0], cols + origin[1]
     y = rows - 0.5
     x = cols - 1.0
     horizontal = np.stack([np.stack([x - 0.5, y], 1), np.stack([x + 0.5, y], 1)], 1)
     rows, cols = np.nonzero(np.diff(padded, axis=1) != 0)
+    rows, cols = rows + origin[0], cols + origin[1]
     x = cols - 0.5
     y = rows - 1.0
     vertical = np.stack([np.stack([x, y - 0.5], 1), np.stack([x, y + 0.5], 1)], 1)

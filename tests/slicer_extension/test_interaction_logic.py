@@ -5,6 +5,9 @@ trained for interactions: the tests check geometry and what the request carried,
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
+
 import numpy as np
 import pytest
 from slicer_extension_helpers import asymmetric_lesion, write_us_dicom
@@ -101,8 +104,18 @@ def test_review_order_is_weakest_first_and_checked_against_the_server():
 
 @pytest.fixture
 def session(sonovlm_server, slicer_scene, tmp_path):
+    """A session on the shared server; the images it uploads are removed afterwards, so that the
+    workflow tests' strategies never pick them."""
     client = SonoVLMClient(sonovlm_server.url, timeout=60, client_id="pytest-interaction")
-    return AnnotationSession(client, UltrasoundSceneLogic(slicer_scene), str(tmp_path / "work"))
+    session = AnnotationSession(client, UltrasoundSceneLogic(slicer_scene), str(tmp_path / "work"))
+    session.uploaded = []
+    yield session
+    for image_id in session.uploaded:
+        request = urllib.request.Request(
+            f"{sonovlm_server.url}/datastore/image?id={urllib.parse.quote(image_id)}", method="DELETE"
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert reply.status == 200
 
 
 def upload_case(session, tmp_path, count=1, name="interaction.dcm"):
@@ -111,6 +124,7 @@ def upload_case(session, tmp_path, count=1, name="interaction.dcm"):
         tmp_path / name, frames, [{"bbox": (0, 0, COLS - 1, ROWS - 1), "spacing_mm": (0.25, 0.4)}]
     )
     image_id = session.client.upload_image(str(path))
+    session.uploaded.append(image_id)
     return session.scene_logic.load_image(str(path), image_id=image_id)
 
 
