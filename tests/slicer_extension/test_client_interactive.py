@@ -36,6 +36,7 @@ def test_interaction_params_in_the_stock_plugin_form():
     )
     assert params == {
         "organ": "lymph_node",
+        "measure": False,  # the extension measures the segment itself
         "foreground": [[40, 30, 1]],
         "background": [[10, 12]],
         "roi": [50, 20, 40, 10],

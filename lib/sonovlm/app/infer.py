@@ -13,7 +13,8 @@ Both are MONAI Label :class:`BasicInferTask` subclasses that override what break
 Request params (MONAI Label merges the ``params`` form field into the request): ``organ``
 (``auto`` = the image's recorded organ, else ``lymph_node``), ``prompt`` (free text replacing the
 organ's prompt), ``frame`` (0-based; default the middle frame), ``result_extension``
-(``.nrrd``, ``.nii.gz`` or ``.png``).
+(``.nrrd``, ``.nii.gz`` or ``.png``), ``measure`` (default true; false leaves ``measurements``
+null — SonoVLM's Slicer extension measures the segment itself, so its clicks skip this work).
 """
 
 from __future__ import annotations
@@ -122,6 +123,19 @@ def restrict_to_imaging_area(mask: np.ndarray, bbox: Sequence[int]) -> np.ndarra
     inside = np.zeros(mask.shape, dtype=bool)
     inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
     return np.where(inside, mask, 0).astype(mask.dtype)
+
+
+def wants_measurements(request: dict[str, Any]) -> bool:
+    """The request's ``measure`` param (default true): a bool or ``"true"``/``"false"``."""
+    value = _first(request.get("measure", True))
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise SonoInputError("measure", f"expected true or false, got {value!r}")
 
 
 def lesion_measurements(image: Any, mask: np.ndarray) -> dict[str, Any] | None:
@@ -254,7 +268,7 @@ class SegmentationTask(_SonoInferTask):
         os.close(fd)
         save_mask(path, mask, spacing_mm=image.spacing_mm)
         with input_errors_as_http():
-            measurements = lesion_measurements(image, mask)
+            measurements = lesion_measurements(image, mask) if wants_measurements(data) else None
             as_dicom_seg = wants_dicom_seg(data)
             if as_dicom_seg:
                 os.unlink(path)

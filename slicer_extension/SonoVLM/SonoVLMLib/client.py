@@ -111,7 +111,8 @@ def interaction_params(
             clicks' k.
         organ, prompt: as for :func:`segmentation_params`.
     """
-    params: dict[str, Any] = {"organ": _checked_organ(organ)}
+    # The extension measures the segment itself after every change: the server need not.
+    params: dict[str, Any] = {"organ": _checked_organ(organ), "measure": False}
     for name, points in (("foreground", foreground), ("background", background)):
         params[name] = [_voxel(point, name) for point in points]
     if roi is not None:

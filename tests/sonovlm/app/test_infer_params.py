@@ -60,3 +60,12 @@ def test_restrict_to_imaging_area():
     expected = np.zeros((4, 6), np.uint8)
     expected[2:4, 1:4] = 1
     np.testing.assert_array_equal(out, expected)
+
+
+def test_measure_param():
+    from sonovlm.app.infer import wants_measurements
+
+    assert wants_measurements({}) and wants_measurements({"measure": "true"})
+    assert not wants_measurements({"measure": False}) and not wants_measurements({"measure": "false"})
+    with pytest.raises(SonoInputError, match="measure"):
+        wants_measurements({"measure": "sometimes"})
