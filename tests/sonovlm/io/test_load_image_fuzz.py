@@ -1,9 +1,11 @@
 """Mutation fuzzing of :func:`sonovlm.io.load_image`: every input loads or raises SonoInputError.
 
-hypothesis and atheris are not installed, so this is a deterministic mutation fuzzer driven by
-NumPy's random generator (case ``i`` always gets the same mutation). The seeds are the three real
-ultrasound samples of ``tests/data`` plus small compressed files made by the DICOM factory
-(JPEG 2000, RLE, JPEG-LS, JPEG baseline) and a cine loop, so the decoders are fuzzed too.
+A deterministic mutation fuzzer driven by NumPy's random generator (case ``i`` always gets the
+same mutation), beside the hypothesis property test in ``test_load_image_hypothesis.py``; this
+one knows DICOM's structure (lengths, pixel attributes, data elements) and runs in a child
+process. The seeds are the three real ultrasound samples of ``tests/data`` plus small compressed
+files made by the DICOM factory (JPEG 2000, RLE, JPEG-LS, JPEG baseline) and a cine loop, so the
+decoders are fuzzed too.
 Mutations: bit flips anywhere, byte overwrites in the header, 4-byte overwrites (lengths), byte
 overwrites in the pixel data, truncation, deletion of data elements, and hostile values in the
 pixel attributes (rows, bits, photometric, frames, transfer syntax).
