@@ -133,26 +133,9 @@ def latency(clicks: int = 30, first_repeats: int = 5, bare_repeats: int = 5) -> 
 
 def _post_interactive(url: str, image_id: str, params: dict) -> tuple[float, dict]:
     """One ``POST /infer/interactive`` (multipart, as the stock plugin); ``(seconds, reply JSON)``."""
-    import urllib.request
+    from .bench_server import post_infer
 
-    boundary = "----sonovlm-bench-interactive"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n'
-        f"{json.dumps(params)}\r\n--{boundary}--\r\n"
-    ).encode()
-    request = urllib.request.Request(
-        f"{url}/infer/interactive?image={image_id}",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        method="POST",
-    )
-    start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as response:
-        payload = response.read()
-        content_type = response.headers.get("Content-Type", "")
-    seconds = time.perf_counter() - start
-    if response.status != 200:
-        raise RuntimeError(f"interactive infer failed: {response.status} {payload[:200]!r}")
+    seconds, payload, content_type = post_infer(url, "interactive", image_id, params)
     if "boundary=" not in content_type:  # JSON only
         return seconds, json.loads(payload)
     # Multipart: the "params" part (JSON) first, then the mask file.

@@ -111,15 +111,16 @@ def _get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def segment(url: str, image_id: str, organ: str = "auto") -> float:
-    """One ``POST /infer/segmentation`` (NRRD mask, as Slicer asks); seconds to the whole reply."""
+def post_infer(url: str, model: str, image_id: str, params: dict[str, Any]) -> tuple[float, bytes, str]:
+    """One ``POST /infer/MODEL`` with ``params`` as the multipart form field (as the Slicer plugin
+    sends it); ``(seconds to the whole reply, body, content type)``. A non-200 reply raises."""
     boundary = "----sonovlm-bench"
-    params = json.dumps({"organ": organ, "result_extension": ".nrrd"})
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{params}\r\n--{boundary}--\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n'
+        f"{json.dumps(params)}\r\n--{boundary}--\r\n"
     ).encode()
     request = urllib.request.Request(
-        f"{url}/infer/segmentation?image={image_id}",
+        f"{url}/infer/{model}?image={image_id}",
         data=body,
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         method="POST",
@@ -127,9 +128,19 @@ def segment(url: str, image_id: str, organ: str = "auto") -> float:
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as response:
         payload = response.read()
-        if response.status != 200 or b"model_version" not in payload:
-            raise RuntimeError(f"infer failed: {response.status} {payload[:200]!r}")
-    return time.perf_counter() - start
+        content_type = response.headers.get("Content-Type", "")
+        if response.status != 200:
+            raise RuntimeError(f"{model} infer failed: {response.status} {payload[:200]!r}")
+    return time.perf_counter() - start, payload, content_type
+
+
+def segment(url: str, image_id: str, organ: str = "auto") -> float:
+    """One ``POST /infer/segmentation`` (NRRD mask, as Slicer asks); seconds to the whole reply."""
+    params = {"organ": organ, "result_extension": ".nrrd"}
+    seconds, payload, _ = post_infer(url, "segmentation", image_id, params)
+    if b"model_version" not in payload:
+        raise RuntimeError(f"infer reply has no model_version: {payload[:200]!r}")
+    return seconds
 
 
 def server_command(

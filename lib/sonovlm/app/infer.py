@@ -150,6 +150,20 @@ def lesion_measurements(image: Any, mask: np.ndarray) -> dict[str, Any] | None:
     return measure_lesion(mask, spacing).to_dict()
 
 
+def segmentation_config() -> dict[str, Any]:
+    """The options ``/info`` lists for a mask-producing task (a fresh dict: MONAI Label keeps it).
+
+    The stock Slicer plugin sends the first item of each list.
+    """
+    return {
+        "organ": [ORGAN_CHOICES_AUTO, *ORGAN_LABELS],
+        "prompt": "",
+        "frame": "",
+        "result_extension": list(RESULT_EXTENSIONS),
+        "result_format": list(RESULT_FORMATS),
+    }
+
+
 class _SonoInferTask(BasicInferTask):
     """What both tasks share: the registry's model, image loading, params, info."""
 
@@ -235,13 +249,7 @@ class SegmentationTask(_SonoInferTask):
             type=InferType.SEGMENTATION,
             labels=dict(ORGAN_LABELS),
             description="Lesion segmentation (lymph node, breast, thyroid), prompted by organ or text",
-            config={
-                "organ": [ORGAN_CHOICES_AUTO, *ORGAN_LABELS],
-                "prompt": "",
-                "frame": "",
-                "result_extension": list(RESULT_EXTENSIONS),
-                "result_format": list(RESULT_FORMATS),
-            },
+            config=segmentation_config(),
         )
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):

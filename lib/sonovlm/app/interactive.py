@@ -41,7 +41,6 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from ..errors import SonoInputError
 from ..model.interaction import Interaction
 from ..organs import ORGAN_LABELS, organ_label
-from .config import ORGAN_CHOICES_AUTO, RESULT_EXTENSIONS
 from .http import input_errors_as_http
 from .infer import (
     FrameRequest,
@@ -50,9 +49,9 @@ from .infer import (
     SegmentationTask,
     parse_request,
     restrict_to_imaging_area,
+    segmentation_config,
 )
 from .registry import ModelRegistry
-from .seg_result import RESULT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -198,13 +197,7 @@ class InteractiveTask(SegmentationTask):
             type=InferType.DEEPGROW,
             labels=dict(ORGAN_LABELS),
             description="Interactive lesion segmentation: positive/negative clicks, a box, a previous mask",
-            config={
-                "organ": [ORGAN_CHOICES_AUTO, *ORGAN_LABELS],
-                "prompt": "",
-                "frame": "",
-                "result_extension": list(RESULT_EXTENSIONS),
-                "result_format": list(RESULT_FORMATS),
-            },
+            config=segmentation_config(),
         )
 
     def _load_frame(self, data: dict[str, Any]) -> dict[str, Any]:
