@@ -2,8 +2,10 @@
 against a SonoVLM MONAI Label server. Research use only.
 
 The work is done by Qt-free code in ``SonoVLMLib`` (tested outside Slicer with slicer-core):
-``SonoVLMLogic`` is its :class:`~SonoVLMLib.workflow.AnnotationSession`; the widget below only
-wires the panel's buttons to it and shows what it returns.
+``SonoVLMLogic`` holds an :class:`~SonoVLMLib.workflow.AnnotationSession` (by composition: Slicer's
+``ScriptedLoadableModuleLogic.__init__`` calls ``super().__init__()`` without arguments); the
+widget wires the panel's buttons to it, runs server requests off the GUI thread
+(:mod:`SonoVLMLib.tasks`) and shows what comes back.
 """
 
 from __future__ import annotations
@@ -23,20 +25,33 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from SonoVLMLib.client import SonoVLMClient, SonoVLMClientError
+from SonoVLMLib.client import ImageExistsError, SonoVLMClient, SonoVLMClientError
 from SonoVLMLib.geometry import pixel_points_to_ras, volume_ijk_to_ras
 from SonoVLMLib.interaction import control_points_ras
 from SonoVLMLib.organs import ORGAN_LABELS, segment_name
 from SonoVLMLib.replies import organ_label_text
-from SonoVLMLib.scene import UltrasoundSceneLogic
+from SonoVLMLib.scene import CaseObserver, UltrasoundSceneLogic
+from SonoVLMLib.tasks import BackgroundSteps, Cancelled
 from SonoVLMLib.workflow import AnnotationSession
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 SERVER_URL_SETTING = "SonoVLM/serverUrl"
-TOKEN_SETTING = "SonoVLM/token"
 CLIENT_ID_SETTING = "SonoVLM/clientId"
-AUTO_SEGMENT_SHORTCUT = "Ctrl+Shift+A"
+#: A bearer token for scripted use comes from the environment, never from saved settings.
+TOKEN_ENVIRONMENT = "SONOVLM_TOKEN"
 TRAINING_POLL_MS = 3000
+REQUEST_POLL_MS = 50
+
+#: Panel shortcuts (Slicer's own: Ctrl+Shift+A/T/Space are the Markups toolbar's,
+#: Ctrl+Shift+arrows the Sequences toolbar's, Ctrl+Z the Segment Editor's undo).
+SHORTCUTS = {
+    "autoSegment": "Alt+A",
+    "positive": "Alt+P",
+    "negative": "Alt+N",
+    "box": "Alt+B",
+    "undo": "Alt+Z",
+    "submit": "Alt+S",
+}
 
 #: Interaction tools: markups node name and colour of their points.
 PROMPT_TOOLS = {
@@ -66,7 +81,8 @@ class SonoVLM(ScriptedLoadableModule):
 
 
 class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: each button calls one :class:`SonoVLMLogic` method inside :meth:`_busy`."""
+    """The panel: each button starts one :class:`SonoVLMLogic` action; server requests run off the
+    GUI thread (:meth:`_run`), the scene work and the panel updates on it."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -74,10 +90,18 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.case = None
         self.segment_id = None
-        self.shortcut = None
+        self.shortcuts = []
         self.toolNodes = {}
         self.activeTool = None
         self._syncingPrompts = False
+        self._caseObserver = None
+        self._task = None  # the action in flight: (title, BackgroundSteps, on_done)
+        self._applying = False  # the extension itself is changing the segment
+        self._lastChangeWasAI = False
+
+    @property
+    def session(self):
+        return self.logic.session if self.logic is not None else None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -85,6 +109,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(ui_widget)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SonoVLMLogic()
 
         self.ui.serverUrlLineEdit.text = slicer.util.settingsValue(SERVER_URL_SETTING, DEFAULT_SERVER_URL)
         self.ui.measurementsTable.horizontalHeader().setStretchLastSection(True)
@@ -104,6 +129,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.submitButton.connect("clicked()", self.onSubmit)
         self.ui.trainButton.connect("clicked()", self.onTrain)
         self.ui.stopTrainingButton.connect("clicked()", self.onStopTraining)
+        self.ui.cancelRequestButton.connect("clicked()", self.onCancelRequest)
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
         for tool, button in self._toolButtons().items():
             button.connect("toggled(bool)", lambda on, tool=tool: self.onTool(tool, on))
@@ -113,8 +139,18 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
 
-        self.shortcut = qt.QShortcut(qt.QKeySequence(AUTO_SEGMENT_SHORTCUT), slicer.util.mainWindow())
-        self.shortcut.connect("activated()", self.onAutoSegment)
+        actions = {
+            "autoSegment": self.onAutoSegment,
+            "positive": lambda: self._toggleTool("positive"),
+            "negative": lambda: self._toggleTool("negative"),
+            "box": lambda: self._toggleTool("box"),
+            "undo": self.onUndo,
+            "submit": self.onSubmit,
+        }
+        for name, keys in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.connect("activated()", actions[name])
+            self.shortcuts.append(shortcut)
 
         self.trainingTimer = qt.QTimer()
         self.trainingTimer.setInterval(TRAINING_POLL_MS)
@@ -123,44 +159,65 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.measureTimer.setSingleShot(True)
         self.measureTimer.setInterval(300)
         self.measureTimer.connect("timeout()", self.updateMeasurements)
+        self.requestTimer = qt.QTimer()
+        self.requestTimer.setInterval(REQUEST_POLL_MS)
+        self.requestTimer.connect("timeout()", self._pollRequest)
 
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneClosing)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
         self._updateButtons()
 
+    def enter(self):
+        """The module is shown: put the case back into the embedded Segment Editor."""
+        if self.case is not None:
+            editor = self.ui.segmentEditorWidget
+            editor.setSegmentationNode(self.case.segmentation)
+            editor.setSourceVolumeNode(self.case.volume)
+
+    def exit(self):
+        """The user leaves the module: no Segment Editor effect or SonoVLM tool stays active."""
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        for button in self._toolButtons().values():
+            if button.checked:
+                button.checked = False  # onTool leaves place mode
+        self.measureTimer.stop()
+
     def cleanup(self):
+        if self._task is not None:
+            self._task[1].cancel()
+            self._task = None
+        self._closeCaseObserver()
         self.removeObservers()
         self.trainingTimer.stop()
         self.measureTimer.stop()
-        if self.shortcut is not None:
-            self.shortcut.disconnect("activated()")
-            self.shortcut.setParent(None)
-            self.shortcut = None
+        self.requestTimer.stop()
+        for shortcut in self.shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self.shortcuts = []
 
     # ---------------------------------------------------------------- actions
 
     def onConnect(self):
         url = self.ui.serverUrlLineEdit.text.strip() or DEFAULT_SERVER_URL
         qt.QSettings().setValue(SERVER_URL_SETTING, url)
+        client_id = slicer.util.settingsValue(CLIENT_ID_SETTING, "") or getpass.getuser()
         with self._busy("Connecting"):
-            logic = SonoVLMLogic(
-                url,
-                token=slicer.util.settingsValue(TOKEN_SETTING, "") or None,
-                client_id=slicer.util.settingsValue(CLIENT_ID_SETTING, "") or getpass.getuser(),
-            )
-            if logic.client.auth_enabled() and not logic.client.token:
-                self._login(logic.client)
-            summary = logic.connect()
-            self.logic = logic
+            self.logic.open_session(url, token=os.environ.get(TOKEN_ENVIRONMENT) or None, client_id=client_id)
+            client = self.session.client
+            if client.auth_enabled() and not client.token:
+                self._login(client)
+            summary = self.session.connect()
             self._fillCombo(self.ui.strategyComboBox, summary.strategies)
             self._fillCombo(self.ui.trainModelComboBox, summary.trainers)
             self._fillOrgans(summary.organs)
             self.ui.serverInfoLabel.text = summary.text()
             self._setStatus(f"Connected to {url}")
-        if self.logic is not None:
+        if self.session is not None:
             self.onTrainingTimer()
 
     def onNextSample(self, confirm=True):
-        if self.logic is None:
+        if self.session is None or self._task is not None:
             return
         if (
             confirm
@@ -170,29 +227,60 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         ):
             return
-        with self._busy("Loading the next case"):
-            case = self.logic.next_case(self.ui.strategyComboBox.currentText)
+
+        def done(case):
             if case is None:
                 self._setStatus("The server has no unlabelled image left.")
-                return
-            self._showCase(case)
+            else:
+                self._showCase(case)
+
+        self._run(
+            "Loading the next case", self.session.next_case_steps(self.ui.strategyComboBox.currentText), done
+        )
 
     def onUseVolume(self):
         volume = self.ui.volumeSelector.currentNode()
-        if self.logic is None or volume is None:
+        if self.session is None or volume is None or self._task is not None:
             return
-        with self._busy(f"Uploading {volume.GetName()}"):
-            self._showCase(self.logic.open_volume(volume))
+        server = self.session.client.server_url
+        if not slicer.util.confirmOkCancelDisplay(
+            f"Upload the pixels of '{volume.GetName()}' to {server}?\n\n"
+            "The image is patient data: upload it only to a server you are allowed to send it to. "
+            "Only the pixels and the pixel spacing are sent (no DICOM header), but burned-in text "
+            "in the image goes with them.",
+            windowTitle="SonoVLM: upload a patient image",
+        ):
+            return
+        self._upload(volume, replace=False)
+
+    def _upload(self, volume, replace):
+        def failed(error):
+            if not isinstance(error, ImageExistsError):
+                return False
+            choice = self._askExisting(error.image_id)
+            if choice == "replace":
+                self._upload(volume, replace=True)
+            elif choice == "reuse":
+                with self._busy("Using the server's copy"):
+                    self._showCase(self.session.use_server_copy(volume))
+            return True
+
+        self._run(
+            f"Uploading {volume.GetName()}",
+            self.session.open_volume_steps(volume, replace=replace),
+            self._showCase,
+            on_error=failed,
+        )
 
     def onAutoSegment(self):
-        if self.logic is None or self.case is None or not self.ui.autoSegmentButton.enabled:
+        if self.session is None or self.case is None or self._task is not None:
             return
-        organ = self.ui.organComboBox.currentData
-        with self._busy("Auto-segmenting"):
-            outcome = self.logic.auto_segment(self.case, organ, self.ui.promptLineEdit.text.strip() or None)
-            self.segment_id = outcome.segment_id
-            self.ui.segmentEditorWidget.setCurrentSegmentID(outcome.segment_id)
-            self._showMeasurements(outcome.measurement)
+        if not self.ui.autoSegmentButton.enabled:
+            return
+        organ, prompt = self._organAndPrompt()
+
+        def done(outcome):
+            self._showOutcome(outcome)
             confidence = outcome.result.get("confidence")
             details = f", confidence {float(confidence):.2f}" if confidence is not None else ""
             version = outcome.result.get("model_version")
@@ -201,66 +289,89 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"{segment_name(outcome.organ)} segmented{details}. Correct it with the editor, then submit."
             )
 
+        self._run(
+            "Auto-segmenting", self.session.auto_segment_steps(self.case, organ, prompt), done, ai_step=True
+        )
+
     def onClassify(self):
-        if self.logic is None or self.case is None:
+        if self.session is None or self.case is None or self._task is not None:
             return
-        with self._busy("Classifying"):
-            summary = self.logic.classify(self.case, self.ui.organComboBox.currentData)
+
+        def done(summary):
             self.ui.classificationLabel.text = summary.text()
             label, score = summary.probabilities[0]
             self._setStatus(f"Classified: {label} ({score * 100:.0f} %)")
 
+        self._run(
+            "Classifying", self.session.classify_steps(self.case, self.ui.organComboBox.currentData), done
+        )
+
     def onSubmit(self):
         segment_id = self.ui.segmentEditorWidget.currentSegmentID() or self.segment_id
-        if self.logic is None or self.case is None or not segment_id:
+        if self.session is None or self.case is None or not segment_id or self._task is not None:
             return
-        submitted = False
-        with self._busy("Submitting the label"):
-            self.logic.submit(self.case, segment_id, self.ui.pathologyComboBox.currentText)
-            submitted = True
-            self._setStatus(f"Label of {self.case.image_id} saved ({self.logic.submissions} this session).")
-        if not submitted:
-            return
-        if self.logic.retrain_due(self.ui.retrainEverySpinBox.value):
-            self.onTrain()
-        if self.ui.autoNextCheckBox.checked:
-            self.onNextSample(confirm=False)
+
+        def done(reply):
+            self._setStatus(f"Label of {self.case.image_id} saved ({self.session.submissions} this session).")
+            if self.session.retrain_due(self.ui.retrainEverySpinBox.value):
+                self.onTrain()
+            if self.ui.autoNextCheckBox.checked:
+                qt.QTimer.singleShot(0, lambda: self.onNextSample(confirm=False))
+
+        steps = self.session.submit_steps(self.case, segment_id, self.ui.pathologyComboBox.currentText)
+        self._run("Submitting the label", steps, done)
 
     def onTrain(self):
         model = self.ui.trainModelComboBox.currentText
-        if self.logic is None or not model:
+        if self.session is None or not model:
             return
         with self._busy(f"Starting training of {model}"):
-            self.logic.start_training(model)
+            self.session.start_training(model)
             self._setStatus(f"Training of {model} started on the server.")
             self.trainingTimer.start()
         self.onTrainingTimer()
 
     def onStopTraining(self):
-        if self.logic is None or not slicer.util.confirmOkCancelDisplay("Stop the running training?"):
+        if self.session is None or not slicer.util.confirmOkCancelDisplay("Stop the running training?"):
             return
         with self._busy("Stopping training"):
-            self.logic.stop_training()
+            self.session.stop_training()
             self._setStatus("Training stopped; the served model is unchanged.")
         self.onTrainingTimer()
 
     def onTrainingTimer(self):
-        if self.logic is None:
+        """Poll the training; every server call is inside the try (a timer slot must not raise)."""
+        if self.session is None:
             return
         try:
-            progress = self.logic.training()
+            progress = self.session.training()
+            self.ui.trainingProgressBar.value = progress.percent
+            self.ui.metricLabel.text = progress.text()
+            if progress.running and not self.trainingTimer.isActive():
+                self.trainingTimer.start()
+            elif not progress.running and self.trainingTimer.isActive():
+                self.trainingTimer.stop()
+                self.ui.serverInfoLabel.text = self.session.connect().text()  # a new model may be served
         except SonoVLMClientError as error:
             self.trainingTimer.stop()
             self._setStatus(f"Training status unavailable: {error}")
+            self._updateButtons(training=False)
             return
-        self.ui.trainingProgressBar.value = progress.percent
-        self.ui.metricLabel.text = progress.text()
-        if progress.running and not self.trainingTimer.isActive():
-            self.trainingTimer.start()
-        elif not progress.running and self.trainingTimer.isActive():
-            self.trainingTimer.stop()
-            self.ui.serverInfoLabel.text = self.logic.connect().text()  # a new model may be served
         self._updateButtons(training=progress.running)
+
+    def onCancelRequest(self):
+        if self._task is None:
+            return
+        title, task, _, _ = self._task
+        task.cancel()
+        self._endRequest()
+        self._showPrompts()
+        self._setStatus(f"{title}: cancelled; the server's answer will be dropped.")
+
+    def _toggleTool(self, tool):
+        button = self._toolButtons()[tool]
+        if button.enabled:
+            button.checked = not button.checked
 
     def onTool(self, tool, on):
         """A tool button toggled: place its points in the views (persistent place mode)."""
@@ -274,6 +385,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 button.blockSignals(True)
                 button.checked = False
                 button.blockSignals(False)
+        self.ui.segmentEditorWidget.setActiveEffect(None)  # a paint effect would take the clicks
         self.activeTool = tool
         node = self._toolNode(tool)
         selection = slicer.app.applicationLogic().GetSelectionNode()
@@ -300,38 +412,48 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _promptPlaced(self, node):
         tool = next((name for name, tool_node in self.toolNodes.items() if tool_node is node), None)
         points = control_points_ras(node) if tool is not None else []
-        if not points or self.logic is None or self.case is None:
+        if not points or self.session is None or self.case is None:
+            return
+        if self._task is not None:
+            self._setStatus("Wait for the running request (or cancel it) before the next click.")
+            self._showPrompts()
             return
         organ, prompt = self._organAndPrompt()
         if tool == "box":
             if len(points) < 2:
                 self._setStatus("Box: click the opposite corner.")
                 return
-            with self._busy("Segmenting in the box"):
-                self._showOutcome(self.logic.set_box(self.case, points[-2], points[-1], organ, prompt))
+            steps = self.session.set_box_steps(self.case, points[-2], points[-1], organ, prompt)
+            title = "Segmenting in the box"
         else:
-            action = "Adding" if tool == "positive" else "Removing"
-            with self._busy(f"{action} a region"):
-                self._showOutcome(
-                    self.logic.add_click(self.case, tool == "positive", points[-1], organ, prompt)
-                )
-        self._showPrompts()
+            steps = self.session.add_click_steps(self.case, tool == "positive", points[-1], organ, prompt)
+            title = "Adding a region" if tool == "positive" else "Removing a region"
+        self._run(title, steps, self._showOutcome, ai_step=True)
 
     def onUndo(self):
-        if self.logic is None or self.case is None:
+        """One undo stack: Slicer's Segment Editor holds AI steps and paint edits alike; the clicks
+        and box come back when the step undone was an AI one."""
+        if self.session is None or self.case is None or self._task is not None:
             return
-        with self._busy("Undoing"):
-            outcome = self.logic.undo(self.case)
-            if outcome is None:
-                self._setStatus("Nothing to undo.")
-            else:
-                self.segment_id = outcome.segment_id
-                self._showMeasurements(outcome.measurement)
-                self._setStatus("Previous contour restored.")
+        editor = self.ui.segmentEditorWidget
+        if not editor.undoEnabled:
+            self._setStatus("Nothing to undo.")
+            return
+        restore_prompts = self._lastChangeWasAI
+        self._applying = True
+        try:
+            editor.undo()
+        finally:
+            self._applying = False
+        if restore_prompts:
+            self.session.undo_prompts(self.case)
+        self._lastChangeWasAI = False
         self._showPrompts()
+        self.updateMeasurements()
+        self._setStatus("Previous contour restored.")
 
     def onPropagate(self):
-        if self.logic is None or self.case is None or not self.case.is_cine:
+        if self.session is None or self.case is None or not self.case.is_cine or self._task is not None:
             return
         organ, prompt = self._organAndPrompt()
         frames = self.ui.frameConfidenceList
@@ -342,76 +464,180 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.propagateProgressBar.maximum = total
             self.ui.propagateProgressBar.value = done
             self._setStatus(message)
-            slicer.app.processEvents()
 
-        with self._busy("Propagating through the cine"):
-            outcome = self.logic.propagate(self.case, organ, prompt, progress=progress)
+        def done(outcome):
             self.segment_id = outcome.segment_id
             for frame in outcome.review:
                 item = qt.QListWidgetItem(frame.text())
                 item.setData(qt.Qt.UserRole, frame.frame)
                 frames.addItem(item)
+            self.updateMeasurements()
             self._setStatus(f"{len(outcome.review)} frames segmented; review the weakest first.")
 
+        steps = self.session.propagate_steps(self.case, organ, prompt, progress=progress)
+        self._run("Propagating through the cine", steps, done, ai_step=True)
+
     def onFrameClicked(self, item):
-        if self.logic is None or self.case is None:
+        if self.session is None or self.case is None:
             return
         with self._busy("Showing the frame"):
-            self.logic.scene_logic.select_frame(self.case, int(item.data(qt.Qt.UserRole)))
-        self.updateMeasurements()
-        self._showPrompts()
+            self.session.scene_logic.select_frame(self.case, int(item.data(qt.Qt.UserRole)))
 
-    def onSegmentModified(self, caller=None, event=None):
+    def onSegmentEdited(self):
+        if not self._applying:
+            self._lastChangeWasAI = False
+        self.measureTimer.start()
+
+    def onFrameChanged(self, frame):
+        """The frame shown changed (Sequences toolbar, the review list, playback): show that frame's
+        clicks and measurements."""
+        self.segment_id = None
+        self._showPrompts()
         self.measureTimer.start()
 
     def updateMeasurements(self):
-        segment_id = self.ui.segmentEditorWidget.currentSegmentID() or self.segment_id
-        if self.logic is None or self.case is None or not segment_id:
+        if self.session is None or self.case is None:
             return
-        if self.case.segmentation.GetSegmentation().GetSegment(segment_id) is None:
+        segment_id = self.ui.segmentEditorWidget.currentSegmentID() or self.segment_id
+        segmentation = self.case.segmentation.GetSegmentation()
+        if not segment_id or segmentation.GetSegment(segment_id) is None:
+            organ = self.session.case_organ(self.case)
+            segment_id = self.session.scene_logic.find_segment(self.case, organ) if organ else None
+        if segment_id is None:
+            self.session.scene_logic.remove_axes(self.case)
+            self._showMeasurements(None)
             return
         try:
-            self._showMeasurements(self.logic.update_measurements(self.case, segment_id))
+            self._showMeasurements(self.session.update_measurements(self.case, segment_id))
         except (ValueError, RuntimeError) as error:
             self._setStatus(f"Could not measure the segment: {error}")
 
+    def onSceneClosing(self, caller=None, event=None):
+        if self._task is not None:
+            self._task[1].cancel()
+            self._endRequest()
+        self._closeCaseObserver()
+
     def onSceneClosed(self, caller=None, event=None):
+        """Node ids start again after Close Scene: nothing the session keyed by them survives."""
+        self.logic.close_scene()
         self.case = None
         self.segment_id = None
         self.toolNodes = {}
+        self._lastChangeWasAI = False
         self.ui.frameConfidenceList.clear()
         self._showMeasurements(None)
         self._updateButtons()
+
+    # ---------------------------------------------------------------- requests
+
+    def _run(self, title, steps, on_done, on_error=None, ai_step=False):
+        """Run ``steps`` (an action of the session) with its requests off the GUI thread.
+
+        The panel's action buttons are disabled and Cancel enabled until it ends; the views stay
+        usable. ``on_done(outcome)`` runs on the GUI thread; ``on_error(error)`` may handle an
+        error (returns ``True``), else it goes to the status line and a message box. An
+        ``ai_step`` changes the contour: the Segment Editor saves its state first (one undo stack).
+        """
+        if self._task is not None:
+            return
+        if ai_step:
+            self.ui.segmentEditorWidget.saveStateForUndo()
+        self._setButtonsEnabled(False)
+        self.ui.cancelRequestButton.enabled = True
+        self.ui.requestProgressBar.visible = True
+        self._setStatus(f"{title}...")
+        self._applying = True
+        try:
+            task = BackgroundSteps(steps)
+        finally:
+            self._applying = False
+        self._task = (title, task, on_done, (on_error, ai_step))
+        self._pollRequest()
+        if self._task is not None:
+            self.requestTimer.start()
+
+    def _pollRequest(self):
+        if self._task is None:
+            self.requestTimer.stop()
+            return
+        title, task, on_done, (on_error, ai_step) = self._task
+        self._applying = True
+        try:
+            finished = task.poll()
+        finally:
+            self._applying = False
+        if not finished:
+            return
+        self._endRequest()
+        if task.error is None:
+            if ai_step:
+                self._lastChangeWasAI = True
+            try:
+                on_done(task.outcome)
+            except Exception as error:  # the panel must survive whatever went wrong
+                logging.exception("SonoVLM: %s failed", title)
+                self._fail(title, str(error), traceback.format_exc())
+        elif isinstance(task.error, Cancelled):
+            pass
+        elif on_error is not None and on_error(task.error):
+            pass
+        else:
+            self._showError(title, task.error)
+        self._showPrompts()
+        self._updateButtons()
+
+    def _endRequest(self):
+        self._task = None
+        self.requestTimer.stop()
+        self.ui.cancelRequestButton.enabled = False
+        self.ui.requestProgressBar.visible = False
+        self._updateButtons()
+
+    def _showError(self, action, error):
+        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        if isinstance(error, SonoVLMClientError):
+            if error.status in (401, 403) and self.session is not None and self._login(self.session.client):
+                self._setStatus(f"{action}: logged in, please try again.")
+            else:
+                self._fail(action, f"the server answered: {error}", details)
+        else:
+            logging.error("SonoVLM: %s failed: %s", action, details)
+            self._fail(action, str(error), details)
 
     # ---------------------------------------------------------------- helpers
 
     @contextlib.contextmanager
     def _busy(self, action):
-        """Wait cursor and disabled buttons while ``action`` runs; any failure goes to the status
-        line and a message box, and the panel is always left usable."""
+        """Wait cursor and disabled buttons while a short ``action`` runs on the GUI thread; any
+        failure goes to the status line and a message box, and the panel is always left usable."""
         self._setButtonsEnabled(False)
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
-        cursor_set = True
         self._setStatus(f"{action}...")
-        slicer.app.processEvents()
         try:
             yield
-        except SonoVLMClientError as error:
-            qt.QApplication.restoreOverrideCursor()
-            cursor_set = False
-            if error.status in (401, 403) and self.logic is not None and self._login(self.logic.client):
-                self._setStatus(f"{action}: logged in, please try again.")
-            else:
-                self._fail(action, f"the server answered: {error}", traceback.format_exc())
         except Exception as error:  # the panel must survive whatever went wrong
             qt.QApplication.restoreOverrideCursor()
-            cursor_set = False
-            logging.exception("SonoVLM: %s failed", action)
-            self._fail(action, str(error), traceback.format_exc())
+            self._showError(action, error)
+        else:
+            qt.QApplication.restoreOverrideCursor()
         finally:
-            if cursor_set:
-                qt.QApplication.restoreOverrideCursor()
             self._updateButtons()
+
+    def _askExisting(self, image_id):
+        """The server has ``image_id`` already: "replace", "reuse" or ``None`` (cancel)."""
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle("SonoVLM: image already on the server")
+        box.setText(
+            f"The server already has this image ({image_id}).\n\n"
+            "Use the server's copy (its labels stay), or replace it with this volume?"
+        )
+        reuse = box.addButton("Use the server's copy", qt.QMessageBox.AcceptRole)
+        replace = box.addButton("Replace", qt.QMessageBox.DestructiveRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.exec_()
+        clicked = box.clickedButton()
+        return "reuse" if clicked == reuse else "replace" if clicked == replace else None
 
     def _toolButtons(self):
         return {
@@ -434,10 +660,10 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return node
 
     def _showPrompts(self):
-        """Show the clicks the logic holds for the frame shown (after a reply, an error or undo)."""
-        if self.logic is None or self.case is None:
+        """Show the clicks the session holds for the frame shown (after a reply, an error or undo)."""
+        if self.session is None or self.case is None:
             return
-        prompts = self.logic.prompts(self.case)
+        prompts = self.session.prompts(self.case)
         ijk_to_ras = volume_ijk_to_ras(self.case.volume)
         self._syncingPrompts = True
         try:
@@ -468,7 +694,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.errorDisplay(f"{action} failed:\n{message}", detailedText=details)
 
     def _login(self, client):
-        """Ask for a user name and password and log ``client`` in (MONAI Label's /auth/token)."""
+        """Ask for a user name and password and log ``client`` in (MONAI Label's /auth/token).
+        The client keeps them in memory only, to renew the token silently when it expires."""
         username = qt.QInputDialog.getText(
             slicer.util.mainWindow(), "SonoVLM login", "User name:", qt.QLineEdit.Normal, getpass.getuser()
         )
@@ -483,14 +710,18 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(f"Login failed: {error}")
             return False
 
+    def _closeCaseObserver(self):
+        if self._caseObserver is not None:
+            self._caseObserver.close()
+            self._caseObserver = None
+
     def _showCase(self, case):
         if self.case is not None and self.case is not case:
-            self.removeObserver(
-                self.case.segmentation, slicer.vtkSegmentation.SegmentModified, self.onSegmentModified
-            )
-            self.logic.scene_logic.remove_case(self.case)
+            self._closeCaseObserver()
+            self.logic.remove_case(self.case)
         self.case = case
         self.segment_id = None
+        self._lastChangeWasAI = False
         self.ui.frameConfidenceList.clear()
         self.ui.propagateProgressBar.value = 0
         self._showPrompts()
@@ -502,7 +733,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if case.browser is not None:  # the frame slider of the Sequences toolbar drives the cine
             slicer.modules.sequences.setToolBarActiveBrowserNode(case.browser)
             slicer.modules.sequences.showSequenceBrowser(case.browser)
-        self.addObserver(case.segmentation, slicer.vtkSegmentation.SegmentModified, self.onSegmentModified)
+        self._caseObserver = CaseObserver(case, on_edit=self.onSegmentEdited, on_frame=self.onFrameChanged)
         self.ui.classificationLabel.text = ""
         self._showMeasurements(None)
         spacing = (
@@ -510,7 +741,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if case.spacing_mm
             else "not calibrated"
         )
-        frames = f", {case.frames} frames (segmenting the current one)" if case.is_cine else ""
+        frames = f", {case.frames} frames (contours per frame)" if case.is_cine else ""
         self.ui.caseLabel.text = f"{case.image_id}: {case.cols} x {case.rows} pixels, {spacing}{frames}"
         self._setStatus(f"Loaded {case.image_id}.")
 
@@ -560,7 +791,10 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = enabled
 
     def _updateButtons(self, *args, training=None):
-        connected = self.logic is not None
+        if self._task is not None:  # a request is running: only Cancel
+            self._setButtonsEnabled(False)
+            return
+        connected = self.session is not None
         has_case = connected and self.case is not None and self.case.image_id is not None
         running = self.trainingTimer.isActive() if training is None else training
         self.ui.connectButton.enabled = True
@@ -588,22 +822,46 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return node
 
 
-class SonoVLMLogic(ScriptedLoadableModuleLogic, AnnotationSession):
-    """The module's logic: an :class:`~SonoVLMLib.workflow.AnnotationSession` on Slicer's scene.
+class SonoVLMLogic(ScriptedLoadableModuleLogic):
+    """The module's logic: the scene logic of Slicer's scene and, once connected, one
+    :class:`~SonoVLMLib.workflow.AnnotationSession` with a server (``self.session``).
+
+    Constructed without arguments, as Slicer constructs module logics; held by composition
+    (Slicer's ``ScriptedLoadableModuleLogic.__init__`` calls ``super().__init__()`` with no
+    arguments, so the session cannot be a second base class).
 
     Args:
-        server_url: the SonoVLM server.
-        token: bearer token when the server has authentication on.
-        client_id: who annotates (sent with next-sample and label requests).
+        scene: the MRML scene; ``slicer.mrmlScene`` by default.
     """
 
-    def __init__(self, server_url=DEFAULT_SERVER_URL, token=None, client_id=None):
+    def __init__(self, scene=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        work_dir = slicer.util.tempDirectory("SonoVLM")
+        self.scene_logic = UltrasoundSceneLogic(scene if scene is not None else slicer.mrmlScene)
+        self.session = None
+
+    def open_session(self, server_url=DEFAULT_SERVER_URL, token=None, client_id=None, timeout=120.0):
+        """A new session with ``server_url`` (replaces the previous one; nothing is sent yet)."""
+        work_dir = os.path.join(slicer.util.tempDirectory("SonoVLM"), "session")
         client = SonoVLMClient(
-            server_url, token=token, client_id=client_id, download_dir=os.path.join(work_dir, "replies")
+            server_url,
+            timeout=timeout,
+            token=token,
+            client_id=client_id,
+            download_dir=os.path.join(work_dir, "replies"),
         )
-        AnnotationSession.__init__(self, client, UltrasoundSceneLogic(slicer.mrmlScene), work_dir)
+        self.session = AnnotationSession(client, self.scene_logic, work_dir)
+        return self.session
+
+    def remove_case(self, case):
+        """Remove a case from the scene and the session's state."""
+        if self.session is not None:
+            self.session.forget_case(case)
+        self.scene_logic.remove_case(case)
+
+    def close_scene(self):
+        """The scene was closed: clicks, undo and organs keyed by node ids are dropped."""
+        if self.session is not None:
+            self.session.reset()
 
 
 class SonoVLMTest(ScriptedLoadableModuleTest):
@@ -625,9 +883,9 @@ class SonoVLMTest(ScriptedLoadableModuleTest):
         url = os.environ.get("SONOVLM_SERVER_URL") or slicer.util.settingsValue(
             SERVER_URL_SETTING, DEFAULT_SERVER_URL
         )
-        logic = SonoVLMLogic(url, client_id="sonovlm-selftest")
+        session = SonoVLMLogic().open_session(url, client_id="sonovlm-selftest")
         try:
-            summary = logic.connect()
+            summary = session.connect()
         except SonoVLMClientError as error:
             message = (
                 f"SonoVLM self-test SKIPPED: no server answers at {url} ({error}). "
@@ -640,27 +898,40 @@ class SonoVLMTest(ScriptedLoadableModuleTest):
         self.assertIn("classification", summary.models)
 
         self.delayDisplay("Next sample")
-        case = logic.next_case(summary.strategies[0] if summary.strategies else "random")
+        case = session.next_case(summary.strategies[0] if summary.strategies else "random")
         self.assertIsNotNone(case, "the server has no unlabelled image to test with")
         self.assertEqual(case.volume.GetImageData().GetDimensions()[:2], (case.cols, case.rows))
 
         self.delayDisplay("Auto-segment")
-        outcome = logic.auto_segment(case, "auto")
+        outcome = session.auto_segment(case, "auto")
         self.assertIn(outcome.organ, ORGAN_LABELS)
         segment = case.segmentation.GetSegmentation().GetSegment(outcome.segment_id)
         self.assertEqual(segment.GetName(), segment_name(outcome.organ))
         lines = slicer.util.getNodesByClass("vtkMRMLMarkupsLineNode")
         self.assertEqual(len(lines), 0 if outcome.measurement is None else 2)
 
+        self.delayDisplay("Edit (a paint stroke through the Segment Editor's logic)")
+        import numpy as np
+
+        edited = np.zeros((case.rows, case.cols), np.uint8)
+        edited[case.rows // 4 : case.rows // 2, case.cols // 4 : case.cols // 2] = 1
+        edits = []
+        observer = CaseObserver(case, on_edit=lambda: edits.append(1))
+        session.scene_logic.apply_mask(case, edited, outcome.organ)
+        observer.close()
+        self.assertTrue(edits, "the edit was not observed")
+        measurement = session.update_measurements(case, outcome.segment_id)
+        self.assertIsNotNone(measurement)
+
         self.delayDisplay("Classify")
-        classification = logic.classify(case, outcome.organ)
+        classification = session.classify(case, outcome.organ)
         self.assertAlmostEqual(sum(score for _, score in classification.probabilities), 1.0, places=3)
 
-        if os.environ.get("SONOVLM_SELFTEST_SUBMIT") == "1" and outcome.measurement is not None:
+        if os.environ.get("SONOVLM_SELFTEST_SUBMIT") == "1":
             self.delayDisplay("Submit")
-            reply = logic.submit(case, outcome.segment_id, "unknown")
+            reply = session.submit(case, outcome.segment_id, "unknown")
             self.assertEqual(reply.get("image"), case.image_id)
 
-        progress = logic.training()
+        progress = session.training()
         self.assertIn(progress.state, ("IDLE", "SUBMITTED", "RUNNING", "DONE", "ERROR", "STOPPED"))
         self.delayDisplay("SonoVLM workflow test passed")

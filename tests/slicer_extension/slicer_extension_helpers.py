@@ -121,3 +121,65 @@ def other_pythons() -> list[str]:
                 found.append(candidate)
                 break
     return found
+
+
+def load_as_dicom_image_sequence(scene, path: Path, colour: bool, spacing_mm: tuple | None, uid: str):
+    """Load an ultrasound DICOM into ``scene`` the way 3D Slicer's DICOM module does.
+
+    Follows Slicer's Modules/Scripted/DICOMPlugins/DICOMImageSequencePlugin.py (loadImageData,
+    addSequenceFromImageData, addSequenceBrowserNode; it takes every US instance, one frame or
+    many, with confidence 0.7 over the scalar-volume plugin's 0.5): the file is read with ITK's
+    archetype reader (scalar reader for MONOCHROME, vector reader for colour), each frame becomes
+    an item of a sequence (a one-slice vtkMRMLScalarVolumeNode, or vtkMRMLVectorVolumeNode for
+    colour) with IJK-to-RAS diag(-1, -1, 1), spacing ``(PhysicalDeltaX, PhysicalDeltaY) * 10`` mm
+    when the file has exactly one usable region (``spacing_mm`` = ``(row_mm, col_mm)`` here, else
+    the reader's 1 mm), origin 0 and the ``DICOM.instanceUIDs`` attribute; a browser shows the
+    sequence through a proxy volume. Returns ``(browser, sequence, proxy)``.
+    """
+    import slicer
+    import vtk
+
+    reader = (
+        slicer.vtkITKArchetypeImageSeriesVectorReaderFile()
+        if colour
+        else slicer.vtkITKArchetypeImageSeriesScalarReader()
+    )
+    reader.SetArchetype(str(path))
+    reader.AddFileName(str(path))
+    reader.SetSingleFile(True)
+    reader.SetOutputScalarTypeToNative()
+    reader.SetDesiredCoordinateOrientationToNative()
+    reader.SetUseNativeOriginOn()
+    reader.SetDICOMImageIOApproachToGDCM()
+    reader.Update()
+    image = reader.GetOutput()
+    col_mm, row_mm = (spacing_mm[1], spacing_mm[0]) if spacing_mm else image.GetSpacing()[:2]
+
+    frame_node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode" if colour else "vtkMRMLScalarVolumeNode")
+    flip = vtk.vtkMatrix4x4()
+    flip.SetElement(0, 0, -1.0)
+    flip.SetElement(1, 1, -1.0)
+    frame_node.SetIJKToRASMatrix(flip)
+    frame_node.SetSpacing(col_mm, row_mm, 1.0)
+    frame_node.SetAttribute("DICOM.instanceUIDs", uid)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "1: US")
+    sequence.SetIndexName("time")
+    sequence.SetIndexUnit("s")
+    x0, x1, y0, y1, z0, z1 = image.GetExtent()
+    for frame in range(z1 - z0 + 1):
+        clip = vtk.vtkImageClip()
+        clip.SetInputData(image)
+        clip.SetOutputWholeExtent(x0, x1, y0, y1, z0 + frame, z0 + frame)
+        clip.ClipDataOn()
+        clip.Update()
+        one = vtk.vtkImageData()
+        one.DeepCopy(clip.GetOutput())
+        one.SetExtent(x0, x1, y0, y1, 0, 0)
+        one.SetOrigin(0.0, 0.0, 0.0)
+        one.SetSpacing(1.0, 1.0, 1.0)
+        frame_node.SetAndObserveImageData(one)
+        sequence.SetDataNodeAtValue(frame_node, f"{frame * 0.04:.3f}")
+    scene.RemoveNode(frame_node)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "1: US browser")
+    browser.AddSynchronizedSequenceNode(sequence)
+    return browser, sequence, browser.GetProxyNode(sequence)

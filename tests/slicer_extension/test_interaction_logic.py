@@ -218,7 +218,11 @@ def test_propagate_gives_each_frame_its_contour_and_a_weakest_first_list(session
     assert [f.frame for f in ranged.review] == ranged.result["review_first"]
     assert sorted(f.frame for f in ranged.review) == [1, 2, 3]
     session.scene_logic.select_frame(case, 4)
-    assert not session.scene_logic.segment_mask(case, ranged.segment_id).any()  # outside the range
+    # Outside the range each frame keeps the contour it had (the first propagation's).
+    assert (
+        int(session.scene_logic.segment_mask(case, ranged.segment_id).sum())
+        == (outcome.result["lesion_pixels"][4])
+    )
 
     with pytest.raises(ValueError, match="single image"):
         session.propagate(upload_case(session, tmp_path, name="single.dcm"), organ="lymph_node")

@@ -231,12 +231,16 @@ def test_cine_is_a_sequence_and_the_segment_keeps_its_frame(slicer_scene, tmp_pa
 
     lesion = asymmetric_lesion(ROWS, COLS)
     segment_id = logic.apply_mask(case, lesion, "thyroid_nodule")
-    logic.select_frame(case, 1)  # the user scrolls on; the label stays the frame it was made on
-    assert logic.segment_frame(case, segment_id) == 4
     assert segment_tag(case, segment_id, FRAME_TAG) == "4"
-    data, _ = nrrd.read(logic.export_label(case, segment_id, str(tmp_path / "label.nrrd")))
-    assert data.shape == (COLS, ROWS, 1)
-    assert np.array_equal(data[:, :, 0].T != 0, lesion)
+    logic.select_frame(case, 1)  # the user scrolls on: frame 1 has no contour of its own
+    assert logic.find_segment(case, "thyroid_nodule") is None
+    path, unannotated = logic.export_cine_label(case, "thyroid_nodule", str(tmp_path / "label.nrrd"))
+    assert unannotated == [0, 1, 2, 3] and case.current_frame() == 1
+    data, _ = nrrd.read(path)
+    assert data.shape == (COLS, ROWS, 5)  # the whole cine, frames as slices
+    assert np.array_equal(data[:, :, 4].T != 0, lesion) and not data[:, :, :4].any()
+    logic.select_frame(case, 4)
+    assert logic.segment_frame(case, segment_id) == 4
 
     upload = logic.save_volume(case, str(tmp_path / "upload.nrrd"))
     stack, _ = nrrd.read(upload)

@@ -100,7 +100,12 @@ def test_next_case_segment_correct_classify_submit(session, sonovlm_server, slic
     assert slicer_scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
 
 
-def test_cine_frame_shown_is_the_frame_segmented_and_labelled(session, sonovlm_server, tmp_path):
+def test_cine_contours_per_frame_and_the_whole_cine_is_submitted(session, sonovlm_server, tmp_path):
+    """Items 5 and 6: the frame shown is the frame segmented, each frame keeps its own contour,
+    and Submit sends every frame's contour (propagated ones included) as one whole-cine label,
+    which the server stores and reads back frame by frame."""
+    from sonovlm.app.labels import read_stored_label
+
     rows, cols, count = 72, 96, 5
     frames = np.random.default_rng(8).integers(30, 120, (count, rows, cols), dtype=np.uint8)
     path = write_us_dicom(
@@ -115,13 +120,26 @@ def test_cine_frame_shown_is_the_frame_segmented_and_labelled(session, sonovlm_s
 
     outcome = session.auto_segment(case, "thyroid_nodule")
     assert outcome.result["frame"] == 3 and outcome.result["n_frames"] == count
-    assert session.scene_logic.segment_frame(case, outcome.segment_id) == 3
-
     lesion = asymmetric_lesion(rows, cols)
-    session.scene_logic.apply_mask(case, lesion, "thyroid_nodule")
-    session.scene_logic.select_frame(case, 0)  # scrolling on does not change the label's frame
+    session.scene_logic.apply_mask(case, lesion, "thyroid_nodule")  # the corrected contour
+    session.scene_logic.select_frame(case, 1)  # another frame: its own contour
+    other = np.zeros((rows, cols), bool)
+    other[10:30, 20:50] = True
+    session.scene_logic.apply_mask(case, other, "thyroid_nodule")
+    session.scene_logic.select_frame(case, 0)  # scrolling on changes nothing that is submitted
+
     reply = session.submit(case, outcome.segment_id, "unknown")
-    assert reply["frame"] == 3 and "pathology" not in reply
+    assert "pathology" not in reply and case.current_frame() == 0
+    stored_path = next((sonovlm_server.studies / "labels" / "final").glob(f"{image_id}.*"))
+    stored = read_stored_label(stored_path, count) != 0
+    assert stored.shape == (count, rows, cols)
+    np.testing.assert_array_equal(stored[3], lesion)
+    np.testing.assert_array_equal(stored[1], other)
+    assert not stored[[0, 2, 4]].any()
+    info = session.client._json("GET", "/datastore/", query={"output": "all"})
+    record = info["objects"][image_id]["labels"]["final"]["info"] if "objects" in info else None
+    if record is not None:
+        assert record.get("annotated_frames") == [1, 3]
 
 
 def test_volume_already_in_slicer_is_uploaded_and_segmented(session, slicer_scene):
@@ -133,7 +151,10 @@ def test_volume_already_in_slicer_is_uploaded_and_segmented(session, slicer_scen
     volume.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1)
 
     case = session.open_volume(volume)
-    assert case.volume is volume and case.image_id == "loaded_by_user"
+    # Item 7: a random id kept on the volume, never the node name (names repeat across patients).
+    assert case.volume is volume and case.image_id.startswith("slicer-") and "loaded" not in case.image_id
+    assert volume.GetAttribute("SonoVLM.uploadId") == case.image_id
+    assert session.upload_id(volume) == case.image_id
     outcome = session.auto_segment(case, "lymph_node")
     assert (outcome.result["rows"], outcome.result["cols"]) == (rows, cols)
     assert session.scene_logic.segment_mask(case, outcome.segment_id).shape == (rows, cols)

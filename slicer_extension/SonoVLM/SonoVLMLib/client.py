@@ -9,7 +9,8 @@ The server contract (MONAI Label 0.8.5 endpoints, SonoVLM app):
 
 * ``GET /info/``; ``GET /auth/``; ``POST /auth/token`` (form: username, password).
 * ``POST /activelearning/{strategy}`` with a JSON body (``client_id``).
-* ``PUT /datastore/image?image=ID`` (multipart: ``file``, ``params``);
+* ``PUT /datastore/image?image=ID`` (multipart: ``file``, ``params``); the server answers 409
+  when ``ID`` is taken unless ``params`` says ``"replace": true``;
   ``GET /datastore/image?image=ID`` (the file).
 * ``POST /infer/{model}?image=ID`` (multipart: ``params`` JSON and an optional ``file``); the
   reply is multipart (``params`` JSON and the mask file) or JSON only.
@@ -67,6 +68,18 @@ class SonoVLMClientError(Exception):
         self.message = message
         prefix = f"HTTP {status}" if status is not None else "no reply"
         super().__init__(f"{prefix}: {message}")
+
+
+class ImageExistsError(SonoVLMClientError):
+    """The server already has an image under the id an upload asked for (HTTP 409).
+
+    Attributes:
+        image_id: the id that is taken.
+    """
+
+    def __init__(self, image_id: str, message: str) -> None:
+        self.image_id = image_id
+        super().__init__(409, message)
 
 
 def segmentation_params(
@@ -134,8 +147,15 @@ def classification_params(organ: str, frame: int | None = None) -> dict[str, Any
     return params
 
 
-def label_params(organ: str, pathology: str | None = None, frame: int | None = None) -> dict[str, Any]:
-    """The ``params`` stored with a final label: organ, pathology when known, frame of a cine.
+def label_params(
+    organ: str,
+    pathology: str | None = None,
+    frame: int | None = None,
+    unannotated_frames: list | tuple | None = None,
+) -> dict[str, Any]:
+    """The ``params`` stored with a final label: organ, pathology when known, and for a cine
+    either ``frame`` (a one-frame label) or ``unannotated_frames`` (a whole-cine label, one slice
+    per frame: the frames nobody contoured).
 
     ``pathology`` ``None`` or ``"unknown"`` sends no pathology at all.
     """
@@ -146,6 +166,10 @@ def label_params(organ: str, pathology: str | None = None, frame: int | None = N
         params["pathology"] = pathology
     if frame is not None:
         params["frame"] = _checked_frame(frame)
+    if unannotated_frames:
+        if frame is not None:
+            raise ValueError("a label is either one frame (frame) or the whole cine (unannotated_frames)")
+        params["unannotated_frames"] = [_checked_frame(f) for f in unannotated_frames]
     return params
 
 
@@ -178,6 +202,8 @@ class SonoVLMClient:
         self.token = token
         self.client_id = client_id
         self.download_dir = download_dir or tempfile.mkdtemp(prefix="sonovlm-")
+        # In memory only, for the silent re-login when the token expires (never written anywhere).
+        self._credentials: tuple[str, str] | None = None
 
     # ---------------------------------------------------------------- server and authentication
 
@@ -200,6 +226,8 @@ class SonoVLMClient:
         """Log in through MONAI Label's ``POST /auth/token``; keep and return the access token.
 
         The server answers a null token when authentication is off; the client then sends none.
+        The user name and password are kept in memory (only) so that an expired token is renewed
+        silently: a request answered 401 logs in again and is retried once.
         """
         body = urllib.parse.urlencode({"username": username, "password": password, "grant_type": "password"})
         reply = self._json(
@@ -210,6 +238,7 @@ class SonoVLMClient:
             authenticate=False,
         )
         self.token = reply.get("access_token") or None
+        self._credentials = (username, password) if self.token else None
         return self.token
 
     # ---------------------------------------------------------------- datastore
@@ -223,14 +252,23 @@ class SonoVLMClient:
         body: dict[str, Any] = {"client_id": self.client_id} if self.client_id else {}
         return self._json("POST", f"/activelearning/{_quote(strategy)}", json_body=body)
 
-    def upload_image(self, path: str, image_id: str | None = None) -> str:
+    def upload_image(self, path: str, image_id: str | None = None, replace: bool = False) -> str:
         """``PUT /datastore/image``: add the file at ``path``; returns the image id the server gave.
 
-        ``image_id`` defaults to the file name without its extension (the server's rule).
+        ``image_id`` defaults to the file name without its extension (the server's rule). An id
+        the server already has is :class:`ImageExistsError` (409) unless ``replace``.
         """
         query = {"image": image_id} if image_id else {}
-        fields = {"params": json.dumps({"client_id": self.client_id} if self.client_id else {})}
-        reply = self._json("PUT", "/datastore/image", query=query, fields=fields, files={"file": path})
+        params: dict[str, Any] = {"client_id": self.client_id} if self.client_id else {}
+        if replace:
+            params["replace"] = True
+        fields = {"params": json.dumps(params)}
+        try:
+            reply = self._json("PUT", "/datastore/image", query=query, fields=fields, files={"file": path})
+        except SonoVLMClientError as error:
+            if error.status == 409:
+                raise ImageExistsError(image_id or os.path.basename(path), error.message) from None
+            raise
         if "image" not in reply:
             raise SonoVLMClientError(200, f"upload reply has no image id: {reply!r}")
         return str(reply["image"])
@@ -252,13 +290,15 @@ class SonoVLMClient:
         pathology: str | None = None,
         frame: int | None = None,
         tag: str = "final",
+        unannotated_frames: list | tuple | None = None,
     ) -> dict[str, Any]:
         """``PUT /datastore/label``: store ``label_path`` as the image's final label.
 
         The label's params carry the organ, the pathology (none when ``None``/``"unknown"``) and,
-        for one frame of a cine, the frame.
+        for one frame of a cine, the frame; for a whole-cine label (one slice per frame) the
+        frames nobody contoured.
         """
-        params = label_params(organ, pathology, frame)
+        params = label_params(organ, pathology, frame, unannotated_frames)
         if self.client_id:
             params["client_id"] = self.client_id
         return self._json(
@@ -425,7 +465,32 @@ class SonoVLMClient:
         content_type: str | None = None,
         authenticate: bool = True,
     ) -> tuple[int, Any, bytes]:
-        """Send one request; return ``(status, headers, body)`` of a 2xx reply, else raise."""
+        """Send one request; return ``(status, headers, body)`` of a 2xx reply, else raise.
+
+        A 401 after a login made with :meth:`login` (the token expired) logs in again with the
+        same credentials and sends the request once more.
+        """
+        args = (method, path, query, json_body, fields, files, body, content_type, authenticate)
+        try:
+            return self._send(*args)
+        except SonoVLMClientError as error:
+            if error.status != 401 or not authenticate or self._credentials is None:
+                raise
+            self.login(*self._credentials)
+            return self._send(*args)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None,
+        json_body: Any,
+        fields: dict[str, str] | None,
+        files: dict[str, str] | None,
+        body: bytes | None,
+        content_type: str | None,
+        authenticate: bool,
+    ) -> tuple[int, Any, bytes]:
         url = self.server_url + path
         if query:
             url += "?" + urllib.parse.urlencode(query)

@@ -13,7 +13,10 @@ Layout of a case in the scene:
 * a cine loop is a sequence of such one-slice volumes with a sequence browser; the browser's
   proxy volume is the displayed frame, and the frame segmented is the browser's current one;
 * one segmentation node per case, whose segments are named and coloured per organ and tagged with
-  the organ (and the frame, for a cine);
+  the organ (and the frame, for a cine). For a cine the segmentation node is, from the start, the
+  proxy of a segmentation sequence synchronised with the frames (Slicer's way of segmenting a
+  sequence): every frame has its own contours, whichever way the frame is changed (the Sequences
+  toolbar included), and paint edits are saved to the frame shown;
 * two markups line nodes per case for the long and short axis of the measured segment.
 """
 
@@ -37,6 +40,14 @@ CALIBRATED_ATTRIBUTE = "SonoVLM.calibrated"
 AXIS_ATTRIBUTE = "SonoVLM.axis"
 CASE_ATTRIBUTE = "SonoVLM.case"
 OWNED_ATTRIBUTE = "SonoVLM.owned"  # made by the extension (removed with its case)
+UPLOAD_ID_ATTRIBUTE = "SonoVLM.uploadId"  # the image id a user's volume was (or will be) uploaded as
+#: Attribute Slicer's DICOM plugins put on what they load: the SOP Instance UID(s), space separated.
+DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+
+#: Events a segmentation node invokes when its contours change. Segment Editor strokes (paint,
+#: erase, scissors...) and ``SetBinaryLabelmapToSegment`` invoke ``SourceRepresentationModified``
+#: only; renames, colours and tags invoke ``SegmentModified``.
+EDIT_EVENT_NAMES = ("SourceRepresentationModified", "SegmentModified", "SegmentAdded", "SegmentRemoved")
 
 #: ITU-R BT.601 luma weights (R, G, B), as sonovlm.io uses for colour B-mode.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -56,6 +67,9 @@ class UltrasoundCase:
         browser: the sequence browser of a cine, else ``None``.
         sequence: the frames' sequence node of a cine, else ``None``.
         source_path: the file the image was read from, if any.
+        source_volume: the user's volume (or sequence proxy) the case was made from, if any.
+        owned: the extension made the case's volume (it is removed with the case). Not a node
+            attribute: a cine's proxy takes the attributes of each frame shown.
     """
 
     name: str
@@ -69,6 +83,8 @@ class UltrasoundCase:
     browser: Any = None
     sequence: Any = None
     source_path: str | None = None
+    source_volume: Any = None
+    owned: bool = False
 
     @property
     def is_cine(self) -> bool:
@@ -121,15 +137,27 @@ class UltrasoundSceneLogic:
         case.source_path = path
         return case
 
-    def case_from_volume(self, volume: Any, image_id: str | None = None) -> UltrasoundCase:
+    def case_from_volume(
+        self,
+        volume: Any,
+        image_id: str | None = None,
+        spacing_mm: Sequence[float] | None = None,
+    ) -> UltrasoundCase:
         """A case for a volume already in the scene (loaded by the user).
 
-        A one-slice scalar volume is used as it is; a colour or multi-slice one (slices as
-        frames) becomes a new grey case. Calibrated when its spacing is not 1 x 1.
+        The proxy volume of a sequence (how Slicer's DICOM module loads every ultrasound
+        instance, single-frame or cine: ``DICOMImageSequencePlugin``, a one-slice proxy, a vector
+        volume for colour) becomes a case of the whole sequence, one frame per item. A one-slice
+        scalar volume is used as it is; a colour or multi-slice one (slices as frames) becomes a
+        new grey case. Calibrated when its spacing is not 1 x 1, or with ``spacing_mm``
+        ``(row_mm, col_mm)`` when given (e.g. from the DICOM file's ultrasound region).
         """
+        browser, sequence = self.browser_of_proxy(volume)
+        if sequence is not None:
+            return self._case_from_sequence(volume, sequence, image_id, spacing_mm)
         voxels = _volume_array(volume)
         colour = volume.IsA("vtkMRMLVectorVolumeNode") and voxels.ndim == 4
-        spacing = _calibrated_spacing(volume)
+        spacing = tuple(spacing_mm) if spacing_mm is not None else _calibrated_spacing(volume)
         if not colour and voxels.shape[0] == 1:
             segmentation = self._segmentation_for(volume, volume.GetName())
             volume.SetAttribute(CALIBRATED_ATTRIBUTE, "1" if spacing is not None else "0")
@@ -144,9 +172,59 @@ class UltrasoundSceneLogic:
             )
         else:
             case = self.case_from_frames(_grey_frames(voxels, colour), spacing, volume.GetName())
+        case.source_volume = volume
         if image_id:
             case.set_image_id(image_id)
         return case
+
+    def browser_of_proxy(self, volume: Any) -> tuple[Any, Any]:
+        """``(browser, sequence)`` when ``volume`` is the proxy node of a sequence browser in the
+        scene (not one of the extension's own cases), else ``(None, None)``."""
+        browsers = self.scene.GetNodesByClass("vtkMRMLSequenceBrowserNode")
+        for index in range(browsers.GetNumberOfItems()):
+            browser = browsers.GetItemAsObject(index)
+            if browser.IsProxyNodeID(volume.GetID()):
+                sequence = browser.GetSequenceNode(volume)
+                if sequence is not None and sequence.GetNumberOfDataNodes() > 0:
+                    return browser, sequence
+        return None, None
+
+    def _case_from_sequence(
+        self, proxy: Any, sequence: Any, image_id: str | None, spacing_mm: Sequence[float] | None
+    ) -> UltrasoundCase:
+        """A case of every item of a volume sequence (grey, one slice each), showing the item the
+        user's browser shows."""
+        frames = []
+        for index in range(sequence.GetNumberOfDataNodes()):
+            item = sequence.GetNthDataNode(index)
+            voxels = _volume_array(item)
+            colour = item.IsA("vtkMRMLVectorVolumeNode") and voxels.ndim == 4
+            grey = _grey_frames(voxels, colour)
+            if grey.shape[0] != 1:
+                raise ValueError(
+                    f"{sequence.GetName()}: item {index} has {grey.shape[0]} slices; a cine's frames are 2D"
+                )
+            if frames and grey.shape[1:] != frames[0].shape:
+                raise ValueError(f"{sequence.GetName()}: item {index} has another frame size than item 0")
+            frames.append(grey[0])
+        first = sequence.GetNthDataNode(0)
+        spacing = tuple(spacing_mm) if spacing_mm is not None else _calibrated_spacing(first)
+        case = self.case_from_frames(np.stack(frames), spacing, proxy.GetName(), image_id)
+        case.source_volume = proxy
+        return case
+
+    def dicom_instance_uid(self, volume: Any) -> str | None:
+        """The SOP Instance UID Slicer's DICOM module recorded for ``volume`` (or for the first
+        item of the sequence it is the proxy of), ``None`` for a volume not loaded from DICOM."""
+        candidates = [volume]
+        _, sequence = self.browser_of_proxy(volume)
+        if sequence is not None:
+            candidates.append(sequence.GetNthDataNode(0))
+        for node in candidates:
+            uids = (node.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
+            if uids:
+                return uids[0]
+        return None
 
     def case_from_frames(
         self,
@@ -206,10 +284,30 @@ class UltrasoundSceneLogic:
             spacing_mm=spacing,
             browser=browser,
             sequence=sequence,
+            owned=True,
         )
+        if browser is not None:
+            self._attach_segmentation_sequence(case)
         if image_id:
             case.set_image_id(image_id)
         return case
+
+    def _attach_segmentation_sequence(self, case: UltrasoundCase) -> None:
+        """Make the case's segmentation the proxy of a sequence with one (empty) segmentation per
+        frame, synchronised with the cine's browser and saving edits to the frame shown."""
+        segments = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{case.name} segments")
+        segments.SetIndexName(case.sequence.GetIndexName())
+        segments.SetIndexUnit(case.sequence.GetIndexUnit())
+        segments.SetIndexType(case.sequence.GetIndexType())
+        segments.SetAttribute(CASE_ATTRIBUTE, case.volume.GetID())
+        for frame in range(case.frames):
+            segments.SetDataNodeAtValue(case.segmentation, case.sequence.GetNthIndexValue(frame))
+        case.browser.AddSynchronizedSequenceNode(segments)
+        made = case.browser.GetProxyNode(segments)  # Slicer's sequences logic may make its own proxy
+        case.browser.AddProxyNode(case.segmentation, segments, False)
+        case.browser.SetSaveChanges(segments, True)
+        if made is not None and made is not case.segmentation:
+            self._remove(made)
 
     def select_frame(self, case: UltrasoundCase, frame: int) -> None:
         """Show ``frame`` of a cine (the proxy volume takes its pixels)."""
@@ -229,14 +327,16 @@ class UltrasoundSceneLogic:
         """
         self.remove_axes(case)
         segments = self.segmentation_sequence(case)
+        if case.browser is not None:
+            # The browser first: it no longer copies items into its proxies while they go.
+            # (vtkMRMLSequenceBrowserNode.RemoveProxyNode takes a postfix string, not a node.)
+            self.scene.RemoveNode(case.browser)
         if segments is not None:
-            case.browser.RemoveProxyNode(case.segmentation)
             self.scene.RemoveNode(segments)
         self._remove(case.segmentation)
-        if case.browser is not None:
-            self.scene.RemoveNode(case.browser)
+        if case.sequence is not None:
             self._remove(case.sequence)
-        if case.volume.GetAttribute(OWNED_ATTRIBUTE) == "1":
+        if case.owned:
             self._remove(case.volume)
 
     def save_volume(self, case: UltrasoundCase, path: str) -> str:
@@ -263,7 +363,8 @@ class UltrasoundSceneLogic:
 
         ``mask`` is ``(rows, cols)`` of the frame, non-zero = lesion. The segment is created
         (named and coloured for the organ) or its content replaced. The mask takes the case
-        volume's geometry, whatever geometry its file declared.
+        volume's geometry, whatever geometry its file declared. For a cine the mask goes to
+        ``frame`` (default: the frame shown), which is shown.
         """
         import slicer
         import vtk
@@ -273,10 +374,18 @@ class UltrasoundSceneLogic:
             raise ValueError(
                 f"the mask's shape is {mask.shape} but the frame's (rows, cols) is ({case.rows}, {case.cols})"
             )
+        if case.is_cine and frame is not None and frame != case.current_frame():
+            self.select_frame(case, frame)
         segmentation = case.segmentation.GetSegmentation()
         segment_id = self.find_segment(case, organ)
         if segment_id is None:
-            segment_id = segmentation.AddEmptySegment("", segment_name(organ), list(segment_colour(organ)))
+            # One id per organ on every frame of a cine, so the segment shown keeps its id.
+            wanted = f"SonoVLM_{organ}"
+            if segmentation.GetSegment(wanted) is not None:
+                wanted = ""  # a user's segment took it: let Slicer pick one
+            segment_id = segmentation.AddEmptySegment(
+                wanted, segment_name(organ), list(segment_colour(organ))
+            )
         segment = segmentation.GetSegment(segment_id)
         segment.SetTag(ORGAN_TAG, organ)
         if case.is_cine:
@@ -294,15 +403,29 @@ class UltrasoundSceneLogic:
                 raise RuntimeError(f"Slicer could not import the mask into segment {segment_id}")
         finally:
             self._remove(labelmap)
+        self.store_frame(case)
         return segment_id
 
-    def apply_frame_masks(self, case: UltrasoundCase, masks: np.ndarray, organ: str) -> str:
+    def store_frame(self, case: UltrasoundCase) -> None:
+        """Save the frame shown's contours into the cine's segmentation sequence now (the browser
+        saves edits too; this does not wait for it). Nothing to do for a single image."""
+        segments = self.segmentation_sequence(case)
+        if segments is not None:
+            segments.SetDataNodeAtValue(
+                case.segmentation, case.sequence.GetNthIndexValue(case.current_frame())
+            )
+
+    def apply_frame_masks(
+        self,
+        case: UltrasoundCase,
+        masks: np.ndarray,
+        organ: str,
+        frames: Sequence[int] | None = None,
+    ) -> str:
         """Put one mask per cine frame into the organ's segment; returns the segment id.
 
-        ``masks`` is ``(frames, rows, cols)``, non-zero = lesion. The case's segmentation becomes
-        the proxy of a segmentation sequence synchronised with the cine's browser (Slicer's way of
-        segmenting a sequence): each frame shows its own contour, and edits to a frame's segment
-        are saved to that frame. The frame shown is kept.
+        ``masks`` is ``(frames, rows, cols)``, non-zero = lesion. Only ``frames`` (default all)
+        are written: the other frames keep their contours. The frame shown is kept.
         """
         if case.browser is None:
             raise ValueError(f"{case.name} is a single image: per-frame masks need a cine")
@@ -311,33 +434,63 @@ class UltrasoundSceneLogic:
             raise ValueError(
                 f"the masks' shape is {masks.shape}; the cine is ({case.frames}, {case.rows}, {case.cols})"
             )
+        targets = list(range(case.frames)) if frames is None else [int(f) for f in frames]
+        if not targets:
+            raise ValueError("no frame to write masks to")
         shown = case.current_frame()
-        sequence = self.segmentation_sequence(case)
-        if sequence is None:
-            sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{case.name} segments")
-            sequence.SetIndexName(case.sequence.GetIndexName())
-            sequence.SetIndexUnit(case.sequence.GetIndexUnit())
-            sequence.SetIndexType(case.sequence.GetIndexType())
-            sequence.SetAttribute(CASE_ATTRIBUTE, case.volume.GetID())
-            attach = True
-        else:
-            attach = False
         segment_id = None
         try:
-            for frame in range(case.frames):
-                self.select_frame(case, frame)
+            for frame in targets:
                 segment_id = self.apply_mask(case, masks[frame], organ, frame=frame)
-                sequence.SetDataNodeAtValue(case.segmentation, case.sequence.GetNthIndexValue(frame))
-            if attach:
-                case.browser.AddSynchronizedSequenceNode(sequence)
-                case.browser.AddProxyNode(case.segmentation, sequence, False)
-                case.browser.SetSaveChanges(sequence, True)
         finally:
             self.select_frame(case, shown)
         return segment_id
 
+    def frame_masks(self, case: UltrasoundCase, organ: str) -> tuple[np.ndarray, list[int]]:
+        """Every frame's contour of ``organ``: ``(frames, rows, cols)`` uint8 (1 inside) and the
+        frames that have the organ's segment (the annotated ones). The frame shown is kept."""
+        if case.browser is None:
+            raise ValueError(f"{case.name} is a single image: it has no frames to collect")
+        masks = np.zeros((case.frames, case.rows, case.cols), dtype=np.uint8)
+        annotated = []
+        shown = case.current_frame()
+        try:
+            for frame in range(case.frames):
+                self.select_frame(case, frame)
+                segment_id = self.find_segment(case, organ)
+                if segment_id is not None:
+                    masks[frame] = self.segment_mask(case, segment_id)
+                    annotated.append(frame)
+        finally:
+            self.select_frame(case, shown)
+        return masks, annotated
+
+    def export_cine_label(self, case: UltrasoundCase, organ: str, path: str) -> tuple[str, list[int]]:
+        """Write the organ's contours of every frame as one labelmap, frames as slices (the
+        server's whole-cine label; NRRD by Slicer's writer, x fastest, 1 inside). Returns the path
+        and the frames without the organ's segment (the label's ``unannotated_frames``).
+
+        Raises:
+            ValueError: no frame has a non-empty contour of the organ.
+        """
+        import slicer
+
+        masks, annotated = self.frame_masks(case, organ)
+        if not annotated or not masks[annotated].any():
+            raise ValueError(
+                f"no frame of {case.name} has a {segment_name(organ)} contour: segment before submitting"
+            )
+        stack = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{case.name} cine label")
+        try:
+            stack.CopyOrientation(case.volume)
+            slicer.util.updateVolumeFromArray(stack, masks)
+            self._write_nrrd(stack, path)
+        finally:
+            self._remove(stack)
+        return path, [f for f in range(case.frames) if f not in annotated]
+
     def segmentation_sequence(self, case: UltrasoundCase) -> Any:
-        """The sequence of per-frame segmentations of a propagated cine, ``None`` before one."""
+        """The sequence of per-frame segmentations of a cine, ``None`` for a single image."""
         if case.browser is None:
             return None
         sequence = case.browser.GetSequenceNode(case.segmentation)
@@ -364,11 +517,12 @@ class UltrasoundSceneLogic:
         return _segment_tag(case, segment_id, ORGAN_TAG)
 
     def segment_frame(self, case: UltrasoundCase, segment_id: str) -> int | None:
-        """The frame a cine's segment was made on, ``None`` for a single image."""
+        """The frame a cine's segment belongs to (each frame has its own segments: the frame
+        shown), ``None`` for a single image."""
         if not case.is_cine:
             return None
-        value = _segment_tag(case, segment_id, FRAME_TAG)
-        return int(value) if value is not None else case.current_frame()
+        _segment_tag(case, segment_id, FRAME_TAG)  # raises for an unknown segment
+        return case.current_frame()
 
     def segment_mask(self, case: UltrasoundCase, segment_id: str) -> np.ndarray:
         """The segment as a ``(rows, cols)`` uint8 mask (1 inside) on the case's frame grid."""
@@ -548,6 +702,51 @@ class UltrasoundSceneLogic:
             self._own_sequences_logic = slicer.vtkSlicerSequencesLogic()
             self._own_sequences_logic.SetMRMLScene(self.scene)
         return self._own_sequences_logic
+
+
+class CaseObserver:
+    """Calls back when a case's contours are edited or its cine frame changes, however that
+    happens (Segment Editor strokes, the Sequences toolbar, the extension itself).
+
+    The callbacks run on the thread that changed the scene (Slicer's GUI thread). Observers sit on
+    the segmentation *node* (a cine's frame change swaps the ``vtkSegmentation`` object inside
+    it) and on the browser; :meth:`close` removes them.
+
+    Args:
+        case: the case to watch.
+        on_edit: ``on_edit()`` after a contour changed.
+        on_frame: ``on_frame(frame)`` after the frame shown changed (cine only).
+    """
+
+    def __init__(self, case: UltrasoundCase, on_edit: Any = None, on_frame: Any = None) -> None:
+        import slicer
+        import vtk
+
+        self.case = case
+        self._tags: list[tuple[Any, int]] = []
+        self._frame = case.current_frame()
+        if on_edit is not None:
+            for name in EDIT_EVENT_NAMES:
+                event = getattr(slicer.vtkSegmentation, name, None)
+                if event is not None:
+                    tag = case.segmentation.AddObserver(event, lambda caller, event_name: on_edit())
+                    self._tags.append((case.segmentation, tag))
+        if on_frame is not None and case.browser is not None:
+
+            def frame_changed(caller: Any, event_name: str) -> None:
+                frame = case.current_frame()
+                if frame != self._frame:
+                    self._frame = frame
+                    on_frame(frame)
+
+            self._tags.append(
+                (case.browser, case.browser.AddObserver(vtk.vtkCommand.ModifiedEvent, frame_changed))
+            )
+
+    def close(self) -> None:
+        for node, tag in self._tags:
+            node.RemoveObserver(tag)
+        self._tags = []
 
 
 def read_mask(path: str) -> np.ndarray:

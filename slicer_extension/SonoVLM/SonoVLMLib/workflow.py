@@ -1,13 +1,19 @@
 """The sonographer's workflow, without Qt: next case, auto-segment, correct with clicks and a box
 (undo), propagate through a cine, classify, measure, submit, train. The Slicer module's logic
-(``SonoVLMLogic``) is this class; the widget only wires buttons to its methods and shows what they
-return.
+(``SonoVLMLogic``) holds one :class:`AnnotationSession`; the widget wires buttons to it and shows
+what it returns.
+
+Every action that talks to the server exists twice: ``auto_segment(...)`` runs it here and now,
+``auto_segment_steps(...)`` is the same action as a generator of server requests
+(:mod:`.tasks`), which the panel runs with the requests off Slicer's GUI thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +41,14 @@ from .replies import (
     server_summary,
     training_progress,
 )
-from .scene import UltrasoundCase, UltrasoundSceneLogic, read_frame_masks, read_mask
+from .scene import (
+    UPLOAD_ID_ATTRIBUTE,
+    UltrasoundCase,
+    UltrasoundSceneLogic,
+    read_frame_masks,
+    read_mask,
+)
+from .tasks import Steps, run_steps
 
 #: Contours kept for undo (per session, all cases together).
 UNDO_DEPTH = 20
@@ -137,27 +150,91 @@ class AnnotationSession:
     def next_case(self, strategy: str) -> UltrasoundCase | None:
         """Ask ``strategy`` for the next image, download it and load it; ``None`` when the server
         has no unlabelled image left (an empty reply, or 404 for a strategy the server has)."""
-        try:
-            sample = self.client.next_sample(strategy)
-        except SonoVLMClientError as error:
-            if error.status == 404 and strategy in (self.info.get("strategies") or {}):
-                return None
-            raise
+        return run_steps(self.next_case_steps(strategy))
+
+    def next_case_steps(self, strategy: str) -> Steps:
+        strategies = self.info.get("strategies") or {}
+
+        def ask() -> dict[str, Any] | None:
+            try:
+                return self.client.next_sample(strategy)
+            except SonoVLMClientError as error:
+                if error.status == 404 and strategy in strategies:
+                    return None
+                raise
+
+        sample = yield ask
         image_id = sample.get("id") if sample else None
         if not image_id:
             return None
-        path = self.client.download_image(image_id, os.path.join(self.work_dir, "images"))
+        folder = os.path.join(self.work_dir, "images")
+        path = yield lambda: self.client.download_image(image_id, folder)
         return self.scene_logic.load_image(path, image_id=image_id, name=image_id)
 
-    def open_volume(self, volume: Any) -> UltrasoundCase:
-        """Use a volume already loaded in Slicer: build its case and upload it to the server."""
+    def upload_id(self, volume: Any) -> str:
+        """The image id a volume the user loaded is uploaded as.
+
+        A volume from Slicer's DICOM module: ``us-`` and a digest of its SOP Instance UID, so the
+        same instance gets the same id from any annotator (and the UID itself never reaches the
+        server). Any other volume: a new random id, kept on the volume so that it is reused.
+        Node names ("1: US") repeat across patients and are never used.
+        """
+        uid = self.scene_logic.dicom_instance_uid(volume)
+        if uid:
+            return "us-" + hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:32]
+        known = volume.GetAttribute(UPLOAD_ID_ATTRIBUTE)
+        if known:
+            return known
+        image_id = f"slicer-{uuid.uuid4().hex}"
+        volume.SetAttribute(UPLOAD_ID_ATTRIBUTE, image_id)
+        return image_id
+
+    def open_volume(self, volume: Any, replace: bool = False) -> UltrasoundCase:
+        """Use a volume already loaded in Slicer: build its case and upload it to the server
+        under :meth:`upload_id`. An id the server has already is :class:`~.client.ImageExistsError`
+        (the case is removed again) unless ``replace``; :meth:`use_server_copy` takes the
+        server's image instead."""
+        return run_steps(self.open_volume_steps(volume, replace))
+
+    def open_volume_steps(self, volume: Any, replace: bool = False) -> Steps:
+        image_id = self.upload_id(volume)
         case = self.scene_logic.case_from_volume(volume)
         upload_dir = os.path.join(self.work_dir, "uploads")
         os.makedirs(upload_dir, exist_ok=True)
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.name) or "image"
-        path = self.scene_logic.save_volume(case, os.path.join(upload_dir, f"{stem}.nrrd"))
-        case.set_image_id(self.client.upload_image(path))
+        path = self.scene_logic.save_volume(case, os.path.join(upload_dir, f"{image_id}.nrrd"))
+        try:
+            given = yield lambda: self.client.upload_image(path, image_id, replace=replace)
+        except BaseException:
+            self.scene_logic.remove_case(case)
+            raise
+        finally:
+            os.remove(path)
+        case.set_image_id(given)
         return case
+
+    def use_server_copy(self, volume: Any) -> UltrasoundCase:
+        """The case of a volume whose image the server already has (after a 409): nothing is
+        uploaded; the server's labels and results for that id apply."""
+        case = self.scene_logic.case_from_volume(volume)
+        case.set_image_id(self.upload_id(volume))
+        return case
+
+    def forget_case(self, case: UltrasoundCase) -> None:
+        """Drop the session's clicks, undo history and organ of ``case``."""
+        key = _case_key(case)
+        self.history.forget(key)
+        self._prompts.pop(key, None)
+        self._organs.pop(key, None)
+
+    def case_organ(self, case: UltrasoundCase) -> str | None:
+        """The organ last segmented in ``case`` (``None`` before any)."""
+        return self._organs.get(_case_key(case))
+
+    def reset(self) -> None:
+        """Forget every case (the scene was closed: node ids start again)."""
+        self.history = ContourHistory(UNDO_DEPTH)
+        self._prompts.clear()
+        self._organs.clear()
 
     # ---------------------------------------------------------------- inference
 
@@ -166,13 +243,15 @@ class AnnotationSession:
     ) -> SegmentationOutcome:
         """Segment the case's current frame; the mask becomes the organ's segment, measured and
         drawn as two lines."""
+        return run_steps(self.auto_segment_steps(case, organ, prompt))
+
+    def auto_segment_steps(self, case: UltrasoundCase, organ: str, prompt: str | None = None) -> Steps:
         image_id = self._image_id(case)
-        mask_path, result = self.client.segment(
-            image_id=image_id,
-            organ=organ,
-            prompt=prompt,
-            frame=case.current_frame() if case.is_cine else None,
+        frame = case.current_frame() if case.is_cine else None
+        mask_path, result = yield lambda: self.client.segment(
+            image_id=image_id, organ=organ, prompt=prompt, frame=frame
         )
+        self._check_frame(case, frame)
         mask, segmented_organ = self._reply_mask(image_id, mask_path, result, organ)
         before = self._prompts.get(_case_key(case))
         self._prompts.pop(_case_key(case), None)  # a new automatic contour starts the clicks afresh
@@ -180,36 +259,42 @@ class AnnotationSession:
 
     # ---------------------------------------------------------------- interaction
 
-    def add_click(
+    def add_click(self, case: UltrasoundCase, *args: Any, **kwargs: Any) -> SegmentationOutcome:
+        """A positive (add) or negative (remove) click at RAS ``ras`` on the frame shown: the
+        server refines the contour with every click and the box of this frame plus the current
+        contour, and the segment is updated in place (undo restores it)."""
+        return run_steps(self.add_click_steps(case, *args, **kwargs))
+
+    def add_click_steps(
         self,
         case: UltrasoundCase,
         positive: bool,
         ras: Sequence[float],
         organ: str = "auto",
         prompt: str | None = None,
-    ) -> SegmentationOutcome:
-        """A positive (add) or negative (remove) click at RAS ``ras`` on the frame shown: the
-        server refines the contour with every click and the box of this frame plus the current
-        contour, and the segment is updated in place (undo restores it)."""
+    ) -> Steps:
         prompts = self.prompts(case).copy()
         frame = prompts.frame
         point = ras_to_voxels(ras_to_ijk_matrix(case.volume), [ras], frame)[0]
         (prompts.foreground if positive else prompts.background).append(point)
-        return self._interact(case, prompts, organ, prompt)
+        return (yield from self._interact(case, prompts, organ, prompt))
 
-    def set_box(
+    def set_box(self, case: UltrasoundCase, *args: Any, **kwargs: Any) -> SegmentationOutcome:
+        """A box with opposite RAS corners ``ras_a``, ``ras_b`` (any order) around the lesion on the
+        frame shown; replaces an earlier box, keeps the clicks."""
+        return run_steps(self.set_box_steps(case, *args, **kwargs))
+
+    def set_box_steps(
         self,
         case: UltrasoundCase,
         ras_a: Sequence[float],
         ras_b: Sequence[float],
         organ: str = "auto",
         prompt: str | None = None,
-    ) -> SegmentationOutcome:
-        """A box with opposite RAS corners ``ras_a``, ``ras_b`` (any order) around the lesion on the
-        frame shown; replaces an earlier box, keeps the clicks."""
+    ) -> Steps:
         prompts = self.prompts(case).copy()
         prompts.roi = box_roi(ras_to_ijk_matrix(case.volume), ras_a, ras_b, prompts.frame)
-        return self._interact(case, prompts, organ, prompt)
+        return (yield from self._interact(case, prompts, organ, prompt))
 
     def prompts(self, case: UltrasoundCase) -> Prompts:
         """The clicks and box of the frame shown (empty after another frame or a new contour)."""
@@ -236,7 +321,26 @@ class AnnotationSession:
         measurement = self.update_measurements(case, segment_id)
         return UndoOutcome(segment_id, snapshot.organ, snapshot.frame, measurement)
 
-    def propagate(
+    def undo_prompts(self, case: UltrasoundCase) -> bool:
+        """Restore only the clicks and box before the latest AI change (the contour itself is
+        restored by Slicer's Segment Editor undo, which also holds the paint edits in between);
+        ``False`` when there is nothing to restore."""
+        snapshot = self.history.pop(_case_key(case))
+        if snapshot is None:
+            return False
+        self._prompts[_case_key(case)] = snapshot.prompts
+        return True
+
+    def propagate(self, case: UltrasoundCase, *args: Any, **kwargs: Any) -> PropagationOutcome:
+        """Follow the lesion through the cine from the frame shown (to ``first_frame`` ..
+        ``last_frame``, default all). The seed is the organ's contour on this frame when there is
+        one, plus this frame's clicks and box; without either, the server's automatic result.
+        Every frame of the range gets its own contour in the organ's segment (frames outside the
+        range keep theirs); ``progress(done, total, message)`` is called as the work goes on (on
+        the thread that runs the scene work)."""
+        return run_steps(self.propagate_steps(case, *args, **kwargs))
+
+    def propagate_steps(
         self,
         case: UltrasoundCase,
         organ: str = "auto",
@@ -244,12 +348,7 @@ class AnnotationSession:
         first_frame: int | None = None,
         last_frame: int | None = None,
         progress: Progress | None = None,
-    ) -> PropagationOutcome:
-        """Follow the lesion through the cine from the frame shown (to ``first_frame`` ..
-        ``last_frame``, default all). The seed is the organ's contour on this frame when there is
-        one, plus this frame's clicks and box; without either, the server's automatic result.
-        Every frame gets its own contour in the organ's segment (frames outside the range
-        empty); ``progress(done, total, message)`` is called as the work goes on."""
+    ) -> Steps:
         if not case.is_cine:
             raise ValueError(f"{case.name} is a single image: propagation needs a cine")
         report = progress or (lambda done, total, message: None)
@@ -259,7 +358,7 @@ class AnnotationSession:
         seed_path = self._current_contour_file(case, organ)
         report(0, total, f"Propagating from frame {prompts.frame} on the server")
         try:
-            labelmap_path, result = self.client.propagate(
+            labelmap_path, result = yield lambda: self.client.propagate(
                 image_id=image_id,
                 seed_mask=seed_path,
                 first_frame=first_frame,
@@ -280,21 +379,22 @@ class AnnotationSession:
         segmented_organ = self._known_organ(result, organ)
         review = review_order(result)
         report(1, total, "Reading the frames' contours")
-        segment_id = self.scene_logic.apply_frame_masks(case, masks, segmented_organ)
+        segmented = range(
+            int(result.get("first_frame", 0)), int(result.get("last_frame", case.frames - 1)) + 1
+        )
+        segment_id = self.scene_logic.apply_frame_masks(case, masks, segmented_organ, frames=segmented)
         self._organs[_case_key(case)] = segmented_organ
         report(total, total, f"{len(review)} frames segmented")
         self.update_measurements(case, segment_id)
         return PropagationOutcome(segment_id, segmented_organ, review, result)
 
-    def _interact(
-        self, case: UltrasoundCase, prompts: Prompts, organ: str, prompt: str | None
-    ) -> SegmentationOutcome:
+    def _interact(self, case: UltrasoundCase, prompts: Prompts, organ: str, prompt: str | None) -> Steps:
         """One ``interactive`` request with ``prompts`` and the current contour; the reply replaces
         the contour in place. The prompts are kept only when the request succeeded."""
         image_id = self._image_id(case)
         previous_path = self._current_contour_file(case, organ)
         try:
-            mask_path, result = self.client.interactive(
+            mask_path, result = yield lambda: self.client.interactive(
                 image_id=image_id,
                 previous_mask=previous_path,
                 organ=organ,
@@ -304,6 +404,7 @@ class AnnotationSession:
         finally:
             if previous_path is not None:
                 os.remove(previous_path)
+        self._check_frame(case, prompts.frame if case.is_cine else None)
         mask, segmented_organ = self._reply_mask(image_id, mask_path, result, organ)
         before = self._prompts.get(_case_key(case))
         self._prompts[_case_key(case)] = prompts
@@ -371,9 +472,12 @@ class AnnotationSession:
 
     def classify(self, case: UltrasoundCase, organ: str) -> ClassificationSummary:
         """Benign/malignant probabilities of the case's current frame."""
-        result = self.client.classify(
-            image_id=self._image_id(case), organ=organ, frame=case.current_frame() if case.is_cine else None
-        )
+        return run_steps(self.classify_steps(case, organ))
+
+    def classify_steps(self, case: UltrasoundCase, organ: str) -> Steps:
+        image_id = self._image_id(case)
+        frame = case.current_frame() if case.is_cine else None
+        result = yield lambda: self.client.classify(image_id=image_id, organ=organ, frame=frame)
         return classification_summary(result)
 
     def update_measurements(self, case: UltrasoundCase, segment_id: str) -> LesionMeasurement | None:
@@ -386,24 +490,33 @@ class AnnotationSession:
 
     def submit(self, case: UltrasoundCase, segment_id: str, pathology: str | None) -> dict[str, Any]:
         """Send the (corrected) segment as the image's final label with its organ and pathology
-        (``None``/``"unknown"`` sends none); a cine's label is the frame it was made on."""
-        organ = self.scene_logic.segment_organ(case, segment_id)
+        (``None``/``"unknown"`` sends none). A cine's label is the whole cine: every frame's
+        contour of the segment's organ, one slice per frame, frames without one listed as
+        ``unannotated_frames`` (propagated contours are submitted too)."""
+        return run_steps(self.submit_steps(case, segment_id, pathology))
+
+    def submit_steps(self, case: UltrasoundCase, segment_id: str, pathology: str | None) -> Steps:
+        if case.is_cine and case.segmentation.GetSegmentation().GetSegment(segment_id) is None:
+            # The frame shown has no contour of its own: the organ the case was segmented for.
+            organ = self.case_organ(case)
+        else:
+            organ = self.scene_logic.segment_organ(case, segment_id)
         if organ is None:
             raise ValueError(
                 "this segment was not made for an organ: auto-segment first, or pick the organ's segment"
             )
+        image_id = self._image_id(case)
         label_dir = os.path.join(self.work_dir, "labels")
         os.makedirs(label_dir, exist_ok=True)
-        label_path = self.scene_logic.export_label(
-            case, segment_id, os.path.join(label_dir, f"{self._image_id(case)}.nrrd")
-        )
+        target = os.path.join(label_dir, f"{image_id}.nrrd")
+        unannotated: list[int] | None = None
+        if case.is_cine:
+            label_path, unannotated = self.scene_logic.export_cine_label(case, organ, target)
+        else:
+            label_path = self.scene_logic.export_label(case, segment_id, target)
         try:
-            reply = self.client.save_label(
-                self._image_id(case),
-                label_path,
-                organ,
-                pathology=pathology,
-                frame=self.scene_logic.segment_frame(case, segment_id),
+            reply = yield lambda: self.client.save_label(
+                image_id, label_path, organ, pathology=pathology, unannotated_frames=unannotated
             )
         finally:
             os.remove(label_path)
@@ -431,6 +544,15 @@ class AnnotationSession:
 
     def stop_training(self) -> dict[str, Any] | None:
         return self.client.stop_training()
+
+    @staticmethod
+    def _check_frame(case: UltrasoundCase, frame: int | None) -> None:
+        """The reply is for ``frame``: refuse it when the user moved to another frame meanwhile."""
+        if frame is not None and case.current_frame() != frame:
+            raise ValueError(
+                f"the frame shown changed from {frame} to {case.current_frame()} while the server "
+                "worked; the result was not applied: go back to that frame and try again"
+            )
 
     def _image_id(self, case: UltrasoundCase) -> str:
         if not case.image_id:
