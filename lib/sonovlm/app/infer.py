@@ -125,6 +125,31 @@ def restrict_to_imaging_area(mask: np.ndarray, bbox: Sequence[int]) -> np.ndarra
     return np.where(inside, mask, 0).astype(mask.dtype)
 
 
+def slicer_mask_spacing(image: Any) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` to write a mask file with: the spacing 3D Slicer gives the image's
+    own file, so that a client that imports the mask with the file's geometry (the stock MONAI
+    Label Slicer plugin: ``sitk.ReadImage`` + ``ImportLabelmapToSegmentationNode`` onto the
+    volume it loaded with ``slicer.util.loadVolume``) puts it on the image.
+
+    Slicer reads DICOM through ITK (``vtkITKArchetypeImageSeriesReader``), which takes Pixel
+    Spacing and ignores the Sequence of Ultrasound Regions: a calibrated ultrasound DICOM without
+    Pixel Spacing is 1 x 1 mm there (``None`` here). Other files (NRRD, NIfTI) keep their own
+    spacing, PNG/JPEG have none. The calibrated ``spacing_mm`` stays in the reply's JSON.
+    """
+    if getattr(image, "modality", None) is None:  # not DICOM
+        return image.spacing_mm
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(image.source, stop_before_pixels=True, specific_tags=["PixelSpacing"])
+    except (OSError, pydicom.errors.InvalidDicomError):
+        return None
+    spacing = header.get("PixelSpacing")
+    if spacing is None or len(spacing) != 2 or not all(float(v) > 0 for v in spacing):
+        return None
+    return float(spacing[0]), float(spacing[1])
+
+
 def wants_measurements(request: dict[str, Any]) -> bool:
     """The request's ``measure`` param (default true): a bool or ``"true"``/``"false"``."""
     value = _first(request.get("measure", True))
@@ -274,7 +299,7 @@ class SegmentationTask(_SonoInferTask):
 
         fd, path = tempfile.mkstemp(prefix="sonovlm-mask-", suffix=request.result_extension)
         os.close(fd)
-        save_mask(path, mask, spacing_mm=image.spacing_mm)
+        save_mask(path, mask, spacing_mm=slicer_mask_spacing(image))
         with input_errors_as_http():
             measurements = lesion_measurements(image, mask) if wants_measurements(data) else None
             as_dicom_seg = wants_dicom_seg(data)

@@ -32,7 +32,14 @@ from ..io.volume import write_nrrd_slices
 from ..organs import ORGAN_LABELS, organ_label
 from .config import ORGAN_CHOICES_AUTO
 from .http import input_errors_as_http
-from .infer import FrameRequest, OrganLookup, ResultSink, SegmentationTask, restrict_to_imaging_area
+from .infer import (
+    FrameRequest,
+    OrganLookup,
+    ResultSink,
+    SegmentationTask,
+    restrict_to_imaging_area,
+    slicer_mask_spacing,
+)
 from .interactive import InteractionRequest, InteractiveTask, as_int
 from .registry import ModelRegistry
 
@@ -134,7 +141,7 @@ class PropagateTask(InteractiveTask):
         fd, path = tempfile.mkstemp(prefix="sonovlm-cine-mask-", suffix=PROPAGATE_EXTENSION)
         os.close(fd)
         # The cine as one labelmap, frames as slices (see module notes).
-        write_nrrd_slices(path, np.asarray(masks, dtype=np.uint8), image.spacing_mm)
+        write_nrrd_slices(path, np.asarray(masks, dtype=np.uint8), slicer_mask_spacing(image))
         segmented = list(range(frames.first, frames.last + 1))
         result = {
             "organ": request.organ,
