@@ -183,3 +183,18 @@ def load_as_dicom_image_sequence(scene, path: Path, colour: bool, spacing_mm: tu
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "1: US browser")
     browser.AddSynchronizedSequenceNode(sequence)
     return browser, sequence, browser.GetProxyNode(sequence)
+
+
+def serve_http(handler):
+    """Start a threading HTTP server on 127.0.0.1 with ``handler``; returns ``(url, stop)``."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+
+    return f"http://127.0.0.1:{httpd.server_address[1]}", stop

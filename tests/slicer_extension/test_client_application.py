@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from slicer_extension_helpers import serve_http
 from SonoVLMLib.client import ImageExistsError, SonoVLMClient, SonoVLMClientError
 from SonoVLMLib.tasks import BackgroundSteps, Cancelled, run_steps
 
@@ -74,12 +75,9 @@ class _Datastore(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     _Datastore.images, _Datastore.uploads, _Datastore.valid_tokens, _Datastore.logins = set(), [], set(), 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Datastore)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    url, stop = serve_http(_Datastore)
+    yield url
+    stop()
 
 
 def test_an_existing_image_id_is_409_unless_replace(server, tmp_path):
