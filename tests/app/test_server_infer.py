@@ -335,6 +335,40 @@ def test_labels_in_slicer_format_and_refusal(server, client, studies, tmp_path):
     assert (studies / info["history"][0]["file"]).exists()
 
 
+def test_an_upload_never_overwrites_unless_asked(server, client, tmp_path):
+    """PUT /datastore/image to a known id: 409 and nothing changes; ``{"replace": true}`` replaces,
+    keeping the old image and its label in history (MONAI Label's own client)."""
+    first = jpeg2000_us_dicom(tmp_path / "first.dcm", rows=48, cols=64)
+    second = write_dataset(us_dataset(bmode_frame(48, 64, seed=11), seed=11), tmp_path / "second.dcm")
+    assert client.upload_image(str(first), "upload_409")["image"] == "upload_409"
+    lesion = tmp_path / "lesion.png"
+    Image.fromarray(np.pad(np.ones((10, 12), np.uint8), ((5, 33), (7, 45)))).save(lesion)
+    assert put_label(server, "upload_409", lesion, {"organ": "breast_lesion"}).status_code == 200
+
+    def stored() -> tuple[bytes, dict]:
+        image = requests.get(f"{server.url}/datastore/image", params={"image": "upload_409"}, timeout=30)
+        index = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
+        return image.content, index["objects"]["upload_409"]
+
+    before = stored()
+    assert before[0] == first.read_bytes() and "final" in before[1]["labels"]
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.upload_image(str(second), "upload_409")
+    assert "Status: 409" in refused.value.msg and "already in the datastore" in refused.value.msg
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.upload_image(str(second), "upload_409", params={"replace": "yes"})
+    assert "Status: 422" in refused.value.msg and "params.replace" in refused.value.msg
+    assert stored() == before
+
+    assert client.upload_image(str(second), "upload_409", params={"replace": True})["image"] == "upload_409"
+    image, entry = stored()
+    assert image == second.read_bytes() and entry["labels"] == {}  # the label was drawn on another image
+    [old] = entry["image"]["info"]["replaced"]
+    assert (server.studies / old["file"]).read_bytes() == first.read_bytes()
+    assert old["labels"]["final"][-1]["organ"] == "breast_lesion"
+    assert (server.studies / old["labels"]["final"][-1]["file"]).exists()
+
+
 def test_strategies(client, server):
     deadline = time.monotonic() + 60
     while client.info()["sonovlm"]["scoring"]["state"] != "idle" and time.monotonic() < deadline:

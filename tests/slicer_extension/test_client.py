@@ -202,6 +202,27 @@ def test_upload_then_label_with_organ_and_pathology(client, sonovlm_server, slic
 
 
 @pytest.mark.slow
+def test_an_existing_image_id_is_409_unless_replace_on_the_real_server(client, sonovlm_server, tmp_path):
+    """The client's request shape (params ``{"replace": true}``) is the one the server honours."""
+    from SonoVLMLib.client import ImageExistsError
+
+    regions = [{"bbox": (0, 0, 47, 39), "spacing_mm": (0.2, 0.2)}]
+    rng = np.random.default_rng(21)
+    first = write_us_dicom(tmp_path / "a.dcm", rng.integers(0, 256, (1, 40, 48), dtype=np.uint8), regions)
+    second = write_us_dicom(tmp_path / "b.dcm", rng.integers(0, 256, (1, 40, 48), dtype=np.uint8), regions)
+    assert client.upload_image(str(first), "us-client-409") == "us-client-409"
+    with pytest.raises(ImageExistsError) as raised:
+        client.upload_image(str(second), "us-client-409")
+    assert raised.value.status == 409 and raised.value.image_id == "us-client-409"
+    assert "already in the datastore" in raised.value.message
+    downloaded = client.download_image("us-client-409", str(tmp_path / "before"))
+    assert Path(downloaded).read_bytes() == first.read_bytes()
+    assert client.upload_image(str(second), "us-client-409", replace=True) == "us-client-409"
+    downloaded = client.download_image("us-client-409", str(tmp_path / "after"))
+    assert Path(downloaded).read_bytes() == second.read_bytes()
+
+
+@pytest.mark.slow
 def test_training_starts_in_the_background_reports_and_stops(client):
     assert client.train_status() is None or client.train_status()["status"] != "RUNNING"
     task = client.train("segmentation", max_epochs=50)

@@ -32,12 +32,13 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.utils.others.generic import file_checksum
 
 from ..errors import SonoInputError
 from .atomic import file_signature, write_atomic, write_bytes_atomic
 from .cases import CaseTable
 from .config import DEFAULT_IMAGE_PATTERNS
-from .http import input_errors_as_http, not_found
+from .http import image_exists, input_errors_as_http, not_found, replace_requested
 from .labels import (
     CheckedLabel,
     check_label,
@@ -193,7 +194,16 @@ class SonoDatastore(LocalDatastore):
     # -- images ------------------------------------------------------------------------------------
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        """Add an image after checking it decodes; 422 for a file that is not a readable image."""
+        """Add an uploaded image; 422 for a file that is not a readable image, 409 for an id the
+        datastore has unless ``image_info`` (the request's params) holds ``"replace": true``.
+
+        Replacing never loses what was stored: the previous file goes to
+        ``.sonovlm/image_history/ID/``. When the new file's bytes differ from the old one's, the
+        image's labels were drawn on another image: they move to the label history and the image
+        has none; identical bytes keep them. 503 (nothing changed) when the disk refuses a write.
+        """
+        info = dict(image_info or {})
+        replace = replace_requested(info)
         with input_errors_as_http():
             try:
                 self._geometry(image_filename)
@@ -202,16 +212,112 @@ class SonoDatastore(LocalDatastore):
         new_id, image_ext = self._to_id(os.path.basename(image_filename))
         image_id = image_id or new_id
         name = self._filename(image_id, image_ext)
-        dest = os.path.realpath(os.path.join(self._datastore.image_path(), name))
+        dest = Path(os.path.realpath(os.path.join(self._datastore.image_path(), name)))
+        for key in ("replace", "label_info_file"):
+            info.pop(key, None)
+        info.update({"ts": int(time.time()), "name": name, "added_by": _who(info), "added_at": _now()})
         with self._locked():
             self._init_from_datastore_file()
-            write_atomic(dest, lambda tmp: shutil.copyfile(image_filename, tmp))
-            info = dict(image_info or {})
-            info.update({"ts": int(time.time()), "name": name, "added_by": _who(info), "added_at": _now()})
-            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=image_ext))
-            self._update_datastore_file()
-        logger.info("Added image %s => %s", image_id, dest)
+            previous = self._datastore.objects.get(image_id)
+            if (previous is not None or dest.exists()) and not replace:
+                raise image_exists(image_id)  # a file not indexed yet counts as well
+            undo, written = None, False
+            try:
+                if previous is None:
+                    write_atomic(dest, lambda tmp: shutil.copyfile(image_filename, tmp))
+                    labels: dict[str, DataModel] = {}
+                    finish, written = None, True
+                else:
+                    labels, finish, undo = self._replace_image(image_id, previous, image_filename, dest, info)
+                self._datastore.objects[image_id] = ImageLabelModel(
+                    image=DataModel(info=info, ext=image_ext), labels=labels
+                )
+                self._update_datastore_file()
+            except OSError as exc:
+                if previous is None:
+                    self._datastore.objects.pop(image_id, None)
+                    if written:
+                        dest.unlink(missing_ok=True)
+                else:
+                    self._datastore.objects[image_id] = previous
+                    if undo is not None:
+                        undo()
+                raise HTTPException(
+                    status_code=503,
+                    detail=f"cannot store image {image_id!r} in {dest.parent}: {exc.strerror or exc}; "
+                    "nothing was changed",
+                ) from exc
+            if finish is not None:
+                finish()
+        logger.info("%s image %s => %s", "Replaced" if previous else "Added", image_id, dest)
         return image_id
+
+    def _replace_image(
+        self, image_id: str, previous: ImageLabelModel, upload: str, dest: Path, info: dict[str, Any]
+    ) -> tuple[dict[str, DataModel], Callable[[], None], Callable[[], None]]:
+        """Put ``upload`` in place of the stored image (under the lock).
+
+        Returns the labels kept, ``finish()`` to call once the index is written (removes the old
+        file when its extension differs, and the labels not kept) and ``undo()`` for when it
+        cannot be written (the old file back).
+
+        The old file is kept in the image history first; ``info["replaced"]`` lists the earlier
+        versions. Labels of another image's bytes are moved to the label history (see add_image).
+        """
+        old_path = Path(self._datastore.image_path()) / self._filename(image_id, previous.image.ext)
+        same = old_path.exists() and file_checksum(str(old_path)) == file_checksum(upload)
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time_ns() % 1_000_000_000:09d}"
+        kept = self.state_dir / "image_history" / image_id / f"{stamp}{previous.image.ext}"
+        history = list(previous.image.info.get("replaced", []))
+        copies: list[Path] = []  # removed again if a later step fails
+        try:
+            if old_path.exists():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(old_path, kept)
+                except OSError:  # another file system, or no hard links
+                    write_atomic(kept, lambda tmp: shutil.copy2(old_path, tmp))
+                copies.append(kept)
+                old_info = {k: v for k, v in previous.image.info.items() if k != "replaced"}
+                history.append({"file": str(kept.relative_to(self.studies_dir)), **old_info})
+            labels = dict(previous.labels)
+            if not same:
+                archived_labels = {}
+                for tag in sorted(labels):
+                    label_history, archived = self._archive_previous(image_id, tag, previous)
+                    if archived is not None:  # its last entry: the label just archived
+                        archived_labels[tag] = label_history
+                        copies.append(archived)
+                if history and archived_labels:
+                    history[-1]["labels"] = archived_labels
+                labels = {}
+            write_atomic(dest, lambda tmp: shutil.copyfile(upload, tmp))
+        except OSError:
+            for path in copies:
+                path.unlink(missing_ok=True)
+            raise
+        info["replaced"] = history
+
+        def finish() -> None:  # after the index names the new file: old files out of the way
+            if old_path.exists() and old_path.resolve() != dest:
+                old_path.unlink()
+            if not same:
+                for tag, label in previous.labels.items():
+                    label_dir = Path(self._datastore.label_path(tag))
+                    (label_dir / self._filename(image_id, label.ext)).unlink(missing_ok=True)
+
+        def undo() -> None:  # the index could not be written: the old file back in place
+            try:
+                if old_path.resolve() == dest and kept.exists():
+                    shutil.copy2(kept, dest)
+                elif old_path.resolve() != dest:
+                    dest.unlink(missing_ok=True)
+                for path in copies:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                logger.exception("Could not undo a failed replace of %s (old copy kept: %s)", image_id, kept)
+
+        return labels, finish, undo
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
         """Merge ``info`` into the image's info; organ/pathology are checked (422 when unknown)."""

@@ -59,7 +59,7 @@ from pydicom.dataset import Dataset
 
 from ..errors import SonoInputError
 from .atomic import file_signature, read_json, write_atomic, write_bytes_atomic, write_json_atomic
-from .http import input_errors_as_http, not_found
+from .http import image_exists, input_errors_as_http, not_found, replace_requested
 from .labels import (
     CheckedLabel,
     check_label,
@@ -641,12 +641,19 @@ class DICOMwebUltrasoundDatastore(Datastore):
             return dict(current)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        """Store an uploaded ultrasound DICOM in the PACS (STOW-RS); 422 for anything else."""
+        """Store an uploaded ultrasound DICOM in the PACS (STOW-RS); its id is its SOP Instance UID.
+
+        422 for anything but an ultrasound DICOM; 409 when the PACS lists that SOP Instance UID
+        already, and 405 when the params ask to replace it: in DICOM one UID is one instance, so
+        a different image needs a new UID, and the PACS's copy is changed in the PACS.
+        """
         from pydicom import dcmread
         from pydicom.errors import InvalidDicomError
 
         from ..io import load_image
 
+        info = {k: v for k, v in (image_info or {}).items() if k != "replace"}
+        replace = replace_requested(image_info)
         with input_errors_as_http():
             image = load_image(image_filename)
             if image.modality is None:
@@ -655,13 +662,22 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 sop_uid = str(dcmread(image_filename, stop_before_pixels=True).SOPInstanceUID)
             except (InvalidDicomError, AttributeError, OSError) as exc:
                 raise SonoInputError(image_filename, f"has no SOP Instance UID ({exc})") from exc
+        self._refresh(force=True)
+        if sop_uid in self._index["images"]:
+            if replace:
+                raise HTTPException(
+                    status_code=405,
+                    detail=f"image {sop_uid!r} is in the PACS; an instance is not replaced through "
+                    "SonoVLM (one SOP Instance UID is one instance): change it in the PACS",
+                )
+            raise image_exists(sop_uid)
         try:
             self._client.store_bytes(Path(image_filename).read_bytes())
         except requests.RequestException as exc:
             raise pacs_error(self.url, exc) from exc
         self._refresh(force=True)
-        if image_info:
-            self.update_image_info(sop_uid, image_info)
+        if info:
+            self.update_image_info(sop_uid, info)
         logger.info("Stored image %s in the PACS", sop_uid)
         return sop_uid
 

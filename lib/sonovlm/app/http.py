@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi import HTTPException
 
@@ -25,6 +26,24 @@ def not_found(what: str) -> HTTPException:
 def bad_input(source: str, problem: str, status: int = UNPROCESSABLE) -> HTTPException:
     """4xx naming the input and the problem, like :class:`SonoInputError`'s message."""
     return HTTPException(status_code=status, detail=f"{source}: {problem}")
+
+
+def replace_requested(params: dict[str, Any] | None) -> bool:
+    """Whether an upload's ``params`` ask to replace an image already stored (``{"replace": true}``,
+    what SonoVLM's Slicer client sends). Absent is ``False``; anything but a JSON boolean is 422."""
+    value = (params or {}).get("replace", False)
+    if not isinstance(value, bool):
+        raise bad_input("params.replace", f"must be true or false, not {value!r}")
+    return value
+
+
+def image_exists(image_id: str) -> HTTPException:
+    """409 for an upload to an image id the datastore has, without ``"replace": true``."""
+    return HTTPException(
+        status_code=409,
+        detail=f"image {image_id!r} is already in the datastore; send params "
+        '{"replace": true} to replace it',
+    )
 
 
 @contextmanager

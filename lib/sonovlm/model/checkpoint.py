@@ -6,7 +6,9 @@ safetensors metadata (string -> string) carries:
 
 * ``format``: ``sonovlm-checkpoint``, ``format_version``: ``1``;
 * ``config``: :class:`~sonovlm.model.sonovlm_model.ModelConfig` as JSON (backbone, adapter, prompt
-  bank name and hash, preprocessing, heads, version id);
+  bank name and hash, preprocessing, heads, version id); ``heads.levels`` records the vision blocks
+  the segmentation head reads (a checkpoint saved before they were recorded is loaded with the
+  blocks of that time, :func:`~sonovlm.model.heads.legacy_levels`);
 * ``backbone_info``: the backbone's info (``untrained`` for presets) and geometry, JSON;
 * ``prompt_bank``: the bank's texts (JSON), so class prompts reported later are the ones embedded;
 * ``version``, ``created`` (UTC, ISO 8601).
@@ -21,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import torch
 
 from ..errors import ModelLoadError, SonoInputError
 from .backbone import Backbone, load_backbone
+from .heads import legacy_levels
 from .prompts import PromptBank
 from .sonovlm_model import ModelConfig, SonoVLM
 
@@ -137,6 +141,7 @@ def load_checkpoint(
         bank = PromptBank.from_dict(metadata["prompt_bank"], source=f"{path} (prompt bank)")
     except SonoInputError as exc:
         raise SonoInputError(path, f"invalid checkpoint config: {exc}") from exc
+    levels_recorded = config.heads.levels is not None
     if bank.content_hash != config.prompt_hash:
         raise SonoInputError(path, "checkpoint prompt bank does not match its recorded hash")
 
@@ -157,6 +162,9 @@ def load_checkpoint(
             f"{loaded.info.get('name')!r} has a different geometry ({details})"
         )
 
+    if not levels_recorded:
+        # Saved before checkpoints recorded the head's blocks: it was trained on the old rule's.
+        config.heads = replace(config.heads, levels=legacy_levels(loaded.vision_layers))
     model = SonoVLM(config, backbone=loaded, prompt_bank=bank, encode_prompts=False)
     try:
         state = load_file(str(path))

@@ -22,6 +22,22 @@ from .interaction import InteractionEncoder
 SEGMENTATION_CLASSES = 2
 
 
+def default_levels(vision_layers: int) -> tuple[int, ...]:
+    """1-based blocks the segmentation head reads by default: those after 1/4, 1/2, 3/4 of the depth.
+
+    The reference code collects the outputs of blocks ``round(L * k / 4)`` counted from 0
+    (``[3, 6, 9]`` for ViT-B's 12 blocks), i.e. the 1-based blocks ``round(L * k / 4) + 1``
+    (4, 7, 10), capped at the last block and without repeats (2, 3, 4 for 4 blocks; 1, 2 for 2).
+    """
+    return tuple(sorted({min(vision_layers, round(vision_layers * k / 4) + 1) for k in (1, 2, 3)}))
+
+
+def legacy_levels(vision_layers: int) -> tuple[int, ...]:
+    """The blocks SonoVLM read before the levels were recorded in checkpoints (one block too
+    shallow: 3, 6, 9 of 12; 1, 2, 3 of 4). Only for loading such checkpoints."""
+    return tuple(sorted({max(1, round(vision_layers * k / 4)) for k in (1, 2, 3)}))
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """Sizes of the task heads.
@@ -29,9 +45,13 @@ class HeadConfig:
     Attributes:
         width: fusion width of the segmentation head; ``None`` = ``min(512, vision width)`` (512 as in
             the paper for ViT-B/16).
-        levels: 1-based vision blocks whose outputs feed the segmentation head, shallow to deep;
-            ``None`` = blocks at 1/4, 1/2 and 3/4 of the depth (3, 6, 9 of 12 as in the paper;
-            1, 2, 3 of the 4-block ``tiny``).
+        levels: 1-based vision blocks whose outputs feed the segmentation head, shallow to deep
+            (block ``k`` is ``hidden_states[k]`` in transformers, whose index 0 is the embeddings);
+            ``None`` = :func:`default_levels`: the blocks after 1/4, 1/2 and 3/4 of the depth, the
+            4th, 7th and 10th of 12 as in the reference code (``i in [3, 6, 9]`` counted from 0);
+            2, 3, 4 of the 4-block ``tiny``. A model records the resolved blocks in its config, so
+            checkpoints carry them; a checkpoint without them predates the rule and is read with
+            :func:`legacy_levels`.
         decoder_channels: channels entering the upsampling stages; each stage halves them, down
             to 16.
         dropout: dropout probability in both heads (also what MC-dropout samples).
@@ -54,7 +74,7 @@ class HeadConfig:
     def resolved_levels(self, vision_layers: int) -> tuple[int, ...]:
         """The 1-based blocks used for a tower of ``vision_layers`` blocks; checked against it."""
         if self.levels is None:
-            levels = sorted({max(1, round(vision_layers * k / 4)) for k in (1, 2, 3)})
+            levels = list(default_levels(vision_layers))
         else:
             levels = list(self.levels)
         if not levels or any(not 1 <= level <= vision_layers for level in levels):

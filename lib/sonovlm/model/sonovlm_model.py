@@ -165,6 +165,9 @@ class SonoVLM(nn.Module):
             )
 
         self.levels = config.heads.resolved_levels(backbone.vision_layers)
+        # Recorded, so a checkpoint says which blocks its head was trained on (a later change of
+        # the default rule cannot silently move them).
+        config.heads = replace(config.heads, levels=self.levels)
         # Seeded: the same config builds the same untrained model (peft draws LoRA's A at random).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)

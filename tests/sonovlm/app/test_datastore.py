@@ -213,3 +213,82 @@ def test_add_image_refuses_non_images(store, tmp_path):
         store.add_image("junk", str(junk), {})
     assert caught.value.status_code == 422 and caught.value.detail.startswith("uploaded file")
     assert "junk" not in store.list_images()
+
+
+def _upload(tmp_path, name, seed):
+    """A calibrated one-frame ultrasound DICOM upload file (bytes differ by ``seed``)."""
+    ds = us_dataset(
+        bmode_frame(ROWS, COLS, seed=seed), regions=[RegionSpec((0, 0, COLS - 1, ROWS - 1), (0.2, 0.3))]
+    )
+    return str(write_dataset(ds, tmp_path / name))
+
+
+def test_an_upload_to_a_known_id_is_409_and_changes_nothing(store, studies, tmp_path):
+    store.save_label("case_2", save_png(tmp_path / "l.png", l_shape()), "final", {"organ": "lymph_node"})
+    before = (studies / "case_2.dcm").read_bytes(), index_bytes(studies)
+    with pytest.raises(HTTPException) as caught:
+        store.add_image("case_2", _upload(tmp_path, "new.dcm", seed=9), {"client_id": "ann"})
+    assert caught.value.status_code == 409 and "'case_2' is already in the datastore" in caught.value.detail
+    assert '{"replace": true}' in caught.value.detail
+    assert ((studies / "case_2.dcm").read_bytes(), index_bytes(studies)) == before
+    with pytest.raises(HTTPException) as caught:
+        store.add_image("case_2", _upload(tmp_path, "new.dcm", seed=9), {"replace": "yes"})
+    assert caught.value.status_code == 422 and caught.value.detail.startswith("params.replace")
+    assert ((studies / "case_2.dcm").read_bytes(), index_bytes(studies)) == before
+
+
+def test_replace_with_the_same_bytes_keeps_the_labels(store, studies, tmp_path):
+    store.save_label("case_2", save_png(tmp_path / "l.png", l_shape()), "final", {"organ": "lymph_node"})
+    same = tmp_path / "case_2.dcm"
+    same.write_bytes((studies / "case_2.dcm").read_bytes())
+    assert store.add_image("case_2", str(same), {"replace": True, "client_id": "ann"}) == "case_2"
+    assert store.get_labeled_images() == ["case_2"]
+    info = store.get_image_info("case_2")
+    assert "replace" not in info and info["added_by"] == "ann" and len(info["replaced"]) == 1
+    assert "labels" not in info["replaced"][0]
+
+
+def test_replace_with_another_image_keeps_the_old_one_and_its_label_in_history(store, studies, tmp_path):
+    store.save_label("case_2", save_png(tmp_path / "l.png", l_shape()), "final", {"organ": "lymph_node"})
+    old_image = (studies / "case_2.dcm").read_bytes()
+    old_label = (studies / "labels" / "final" / "case_2.png").read_bytes()
+    new = _upload(tmp_path, "other.dcm", seed=9)
+    assert store.add_image("case_2", new, {"replace": True}) == "case_2"
+
+    assert (studies / "case_2.dcm").read_bytes() == open(new, "rb").read()
+    assert store.get_labeled_images() == [] and not (studies / "labels" / "final" / "case_2.png").exists()
+    [entry] = store.get_image_info("case_2")["replaced"]
+    assert (studies / entry["file"]).read_bytes() == old_image
+    [archived] = entry["labels"]["final"]
+    assert archived["organ"] == "lymph_node" and (studies / archived["file"]).read_bytes() == old_label
+    # Another extension: the old file leaves the images folder (one file per id).
+    png = tmp_path / "case_2.png"
+    Image.fromarray(bmode_frame(ROWS, COLS, seed=5)).save(png)
+    store.add_image("case_2", str(png), {"replace": True})
+    assert not (studies / "case_2.dcm").exists() and (studies / "case_2.png").exists()
+    assert len(store.get_image_info("case_2")["replaced"]) == 2
+    reopened = SonoDatastore(str(studies))
+    assert reopened.get_image_uri("case_2").endswith("case_2.png")
+
+
+@pytest.mark.parametrize("refused", ["write_atomic", "write_bytes_atomic"])  # image file / index
+def test_a_refused_image_write_is_503_and_keeps_the_stored_image(
+    store, studies, tmp_path, monkeypatch, refused
+):
+    import sonovlm.app.datastore as module
+
+    store.save_label("case_2", save_png(tmp_path / "l.png", l_shape()), "final", {"organ": "lymph_node"})
+    before = (studies / "case_2.dcm").read_bytes(), index_bytes(studies)
+    label = (studies / "labels" / "final" / "case_2.png").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, refused, full_disk)
+    with pytest.raises(HTTPException) as caught:
+        store.add_image("case_2", _upload(tmp_path, "other.dcm", seed=9), {"replace": True})
+    assert caught.value.status_code == 503 and "No space left on device" in caught.value.detail
+    assert ((studies / "case_2.dcm").read_bytes(), index_bytes(studies)) == before
+    assert (studies / "labels" / "final" / "case_2.png").read_bytes() == label
+    assert store.get_image_info("case_2").get("replaced") is None and store.get_labeled_images() == ["case_2"]
+    assert not list((studies / ".sonovlm").glob("image_history/case_2/*"))

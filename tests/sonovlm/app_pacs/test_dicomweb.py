@@ -18,6 +18,7 @@ from sonovlm.app.dicomweb import (
 from sonovlm.dicomseg import read_dicom_seg, segmentation_to_dicom_seg
 from sonovlm.io import load_image, load_mask
 
+from tests.dicom_factory import jpeg2000_us_dicom
 from tests.orthanc_fixture import start_orthanc
 from tests.sonovlm.app_pacs.pacs_helpers import Pacs, lesion_mask, upload, write_png
 
@@ -289,3 +290,25 @@ def test_a_seg_the_pacs_refuses_is_502_and_nothing_is_kept(pacs, tmp_path, monke
     assert store.get_labeled_images() == []
     assert list((tmp_path / "cache" / "outbox").glob("*.dcm")) == []
     assert pacs.segs() == []
+
+
+def test_an_instance_the_pacs_has_is_409_and_is_never_replaced_through_sonovlm(pacs, tmp_path, monkeypatch):
+    store = datastore(pacs.url, tmp_path / "cache")
+    path, uid = pacs.files["j2k.dcm"]
+    stored = []
+    monkeypatch.setattr(store._client, "store_bytes", stored.append)  # nothing may reach the PACS
+    with pytest.raises(HTTPException) as err:
+        store.add_image("any-id", str(path), {"client_id": "ann"})
+    assert err.value.status_code == 409 and f"image {uid!r} is already in the datastore" in err.value.detail
+    with pytest.raises(HTTPException) as err:
+        store.add_image("any-id", str(path), {"replace": True})
+    assert err.value.status_code == 405 and "change it in the PACS" in err.value.detail
+    with pytest.raises(HTTPException) as err:
+        store.add_image("any-id", str(path), {"replace": 1})
+    assert err.value.status_code == 422 and "params.replace" in err.value.detail
+    assert stored == []
+    monkeypatch.undo()
+    fresh = jpeg2000_us_dicom(tmp_path / "fresh.dcm", seed=99)
+    new_uid = str(pydicom.dcmread(fresh, stop_before_pixels=True).SOPInstanceUID)
+    assert store.add_image("ignored", str(fresh), {"replace": False, "organ": "thyroid_nodule"}) == new_uid
+    assert store.has_image(new_uid) and store.get_image_info(new_uid)["organ"] == "thyroid_nodule"

@@ -44,5 +44,5 @@ def test_vit_b16_trainable_share_and_checkpoint_size(adapter, limit_percent):
     assert 149_000_000 < info["total_params"] < 160_000_000  # CLIP ViT-B/16 is 149.6 M
     assert info["trainable_params"] / info["total_params"] * 100 < limit_percent
     assert info["heads_params"] <= 2_400_000
-    assert info["levels"] == [3, 6, 9]
+    assert info["levels"] == [4, 7, 10]  # the 4th, 7th, 10th blocks (reference: 0-based 3, 6, 9)
     assert info["checkpoint_bytes"] < 25_000_000

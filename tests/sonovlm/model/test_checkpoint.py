@@ -11,11 +11,13 @@ from safetensors.torch import load_file, save_file
 from sonovlm.errors import ModelLoadError, SonoInputError
 from sonovlm.model import (
     AdapterConfig,
+    HeadConfig,
     ModelConfig,
     SonoVLM,
     load_checkpoint,
     read_checkpoint_metadata,
     save_checkpoint,
+    set_checkpoint_card,
 )
 from sonovlm.model import checkpoint as checkpoint_module
 from sonovlm.model.backbone import PRESETS, Backbone, geometry_info
@@ -75,6 +77,40 @@ def test_metadata_describes_the_model(tmp_path):
         keys = list(handle.keys())
     assert keys and all(k.startswith(("adapter.", "seg_head.", "cls_head.", "text.")) for k in keys)
     assert "text.organ_text" in keys and "cls_head.temperature" in keys
+
+
+def test_levels_are_recorded_and_old_checkpoints_keep_theirs(tmp_path):
+    model = _trained("mona")
+    assert model.levels == (2, 3, 4)  # tiny: the blocks after 1/4, 1/2, 3/4 of its 4
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path)
+    assert read_checkpoint_metadata(path)["config"]["heads"]["levels"] == [2, 3, 4]
+    assert load_checkpoint(path).levels == (2, 3, 4)
+
+    # A checkpoint saved before the levels were recorded (heads.levels null) was trained on the
+    # old rule's blocks 1, 2, 3: it must load onto those, giving that model's outputs exactly.
+    old_model = SonoVLM(
+        ModelConfig(backbone="tiny", adapter=AdapterConfig(kind="mona"), heads=HeadConfig(levels=(1, 2, 3)))
+    )
+    old_model.load_trainable_state_dict(model.trainable_state_dict())
+    save_checkpoint(old_model, tmp_path / "tmp.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "tmp.safetensors"), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    config = json.loads(metadata["config"])
+    config["heads"]["levels"] = None
+    metadata["config"] = json.dumps(config)
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=metadata)
+    old = load_checkpoint(tmp_path / "old.safetensors")
+    assert old.levels == (1, 2, 3) and old.config.heads.levels == (1, 2, 3)
+    expected, actual = _outputs(old_model), _outputs(old)
+    assert torch.equal(expected["seg_logits"], actual["seg_logits"])
+    assert not torch.equal(_outputs(model)["seg_logits"], actual["seg_logits"])  # the blocks matter
+    # Re-saved, it records its blocks and reloads on them.
+    save_checkpoint(old, tmp_path / "resaved.safetensors")
+    assert load_checkpoint(tmp_path / "resaved.safetensors").levels == (1, 2, 3)
 
 
 def test_merged_lora_saves_the_same_checkpoint(tmp_path):
@@ -169,3 +205,47 @@ def test_backbone_override_by_name(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_checkpoint(path, backbone=str(tmp_path / "no-such-backbone"))
 
+
+
+def test_model_card_is_carried_by_the_checkpoint_and_its_retrained_successors(tmp_path):
+    model = _trained("mona")
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path)
+    assert read_checkpoint_metadata(path)["model_card"] is None
+    assert load_checkpoint(path).describe()["model_card"] is None
+
+    card = {"name": "phantom-demo", "trained_on": "phantoms", "clinical_use": False}
+    before = load_file(str(path))
+    version = read_checkpoint_metadata(path)["version"]
+    set_checkpoint_card(path, card)
+    after = load_file(str(path))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert read_checkpoint_metadata(path)["version"] == version  # same weights, same version
+    loaded = load_checkpoint(path)
+    assert loaded.model_card == card and loaded.describe()["model_card"] == card
+
+    retrained = tmp_path / "retrained.safetensors"
+    save_checkpoint(loaded, retrained)  # a model retrained from the demo still says where it came from
+    assert read_checkpoint_metadata(retrained)["model_card"] == card
+
+
+@pytest.mark.parametrize("card", [[], {"name": " "}, {"trained_on": "x"}])
+def test_model_card_needs_a_name(tmp_path, card):
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(_trained("lora"), path)
+    with pytest.raises(SonoInputError, match="model_card"):
+        set_checkpoint_card(path, card)
+    assert read_checkpoint_metadata(path)["model_card"] is None
+
+
+def test_model_card_that_is_not_a_json_object_is_an_input_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(_trained("lora"), path)
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    save_file(tensors, str(path), metadata={**metadata, "model_card": '["a list"]'})
+    with pytest.raises(SonoInputError, match="not a JSON object"):
+        read_checkpoint_metadata(path)

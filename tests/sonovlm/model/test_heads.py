@@ -13,6 +13,7 @@ from sonovlm.model.heads import (
     SegmentationHead,
     classification_loss,
     count_parameters,
+    legacy_levels,
     segmentation_loss,
 )
 
@@ -41,9 +42,13 @@ def test_heads_for_vit_b16_stay_within_the_budget():
 
 
 def test_levels_scale_with_depth():
-    assert HeadConfig().resolved_levels(12) == (3, 6, 9)
-    assert HeadConfig().resolved_levels(4) == (1, 2, 3)
+    # The reference code reads blocks i in [3, 6, 9] counted from 0: the 4th, 7th and 10th of 12.
+    assert HeadConfig().resolved_levels(12) == (4, 7, 10)
+    assert HeadConfig().resolved_levels(24) == (7, 13, 19)  # ViT-L: 0-based 6, 12, 18
+    assert HeadConfig().resolved_levels(4) == (2, 3, 4)
     assert HeadConfig().resolved_levels(2) == (1, 2)
+    assert HeadConfig().resolved_levels(1) == (1,)
+    assert legacy_levels(12) == (3, 6, 9) and legacy_levels(4) == (1, 2, 3)
     assert HeadConfig(levels=(2, 4)).resolved_levels(4) == (2, 4)
     with pytest.raises(SonoInputError):
         HeadConfig(levels=(3, 13)).resolved_levels(12)

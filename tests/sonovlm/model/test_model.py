@@ -163,7 +163,7 @@ def test_config_round_trip_and_describe(lora_model):
     assert config == lora_model.config
     assert config.preprocess.image_size == 64 and config.prompt_hash == lora_model.prompt_bank.content_hash
     info = lora_model.describe()
-    assert info["untrained"] is True and info["adapter"] == "lora" and info["levels"] == [1, 2, 3]
+    assert info["untrained"] is True and info["adapter"] == "lora" and info["levels"] == [2, 3, 4]
     with pytest.raises(SonoInputError):
         ModelConfig.from_dict({**lora_model.config.to_dict(), "extra": 1})
 
