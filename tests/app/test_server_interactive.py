@@ -10,6 +10,7 @@ swaps i and j, or does not sort a reversed ROI pair.
 from __future__ import annotations
 
 import json
+import time
 
 import nrrd
 import numpy as np
@@ -18,6 +19,7 @@ import requests
 import torch
 from monailabel.client import MONAILabelClient
 from PIL import Image
+from requests_toolbelt.multipart.decoder import MultipartDecoder
 from sonovlm.app.model_store import ModelStore
 from sonovlm.io import load_image
 from sonovlm.model import Predictor, load_model
@@ -34,6 +36,7 @@ GEO_SPACING = (0.2, 0.3)  # (row_mm, col_mm): anisotropic, so a swapped axis sho
 GEO_REGION = (4, 2, 110, 68)  # inclusive DICOM corners
 CINE_FRAMES, CINE_ROWS, CINE_COLS = 5, 64, 80
 CINE_SPACING = (0.2, 0.2)
+LONG_FRAMES = 150  # long enough that a poll lands while the propagation runs
 
 
 def geo_image(path):
@@ -64,6 +67,7 @@ def studies(tmp_path_factory):
         root / "cine_001.dcm", n_frames=CINE_FRAMES, rows=CINE_ROWS, cols=CINE_COLS, spacing_mm=CINE_SPACING
     )
     geo_image(root / "geo_001.dcm")
+    cine_us_dicom(root / "cine_long.dcm", n_frames=LONG_FRAMES, rows=CINE_ROWS, cols=CINE_COLS, seed=5)
     return root
 
 
@@ -263,3 +267,93 @@ def test_bad_prompts_are_4xx_with_a_message(server, tmp_path):
         assert 400 <= response.status_code < 500, (params, response.text)
         assert message in response.json()["detail"], (params, response.text)
     assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200  # still serving
+
+
+def _propagation_reply(response) -> tuple[bytes | None, dict]:
+    """``(labelmap bytes or None, JSON)`` of a propagate reply (multipart or JSON alone)."""
+    assert response.status_code == 200, response.text
+    if not response.headers["Content-Type"].startswith("multipart/"):
+        return None, response.json()
+    labelmap, params = None, {}
+    for part in MultipartDecoder.from_response(response).parts:
+        disposition = part.headers[b"Content-Disposition"].decode()
+        if "filename=" in disposition:
+            labelmap = part.content
+        else:
+            params = json.loads(part.content)
+    return labelmap, params
+
+
+def _poll(server, job, cancel=False):
+    return http_infer(server, "propagate", "cine_long", {"job": job, **({"cancel": True} if cancel else {})})
+
+
+def test_a_background_propagation_reports_every_frame_while_it_runs(server, client, tmp_path):
+    """Issue 15 item 6: per-frame progress a client reads while the cine is propagated; the
+    server keeps answering meanwhile; the final reply is the one a blocking request gives."""
+    seed = np.zeros((CINE_ROWS, CINE_COLS), np.uint8)
+    seed[20:40, 25:55] = 1
+    seed_path = tmp_path / "seed.png"
+    Image.fromarray(seed).save(seed_path)
+    params = {"frame": 70, "organ": "thyroid_nodule"}
+    started = http_infer(server, "propagate", "cine_long", {**params, "as_job": True}, label=seed_path)
+    _, status = _propagation_reply(started)
+    assert status["state"] == "running" and status["image"] == "cine_long" and status["frames_done"] == 0
+    job, statuses, info_seen, segmented_during = status["job"], [], False, False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        labelmap, reply = _propagation_reply(_poll(server, job))
+        if labelmap is not None:
+            break
+        assert reply["state"] == "running" and reply["job"] == job
+        statuses.append(reply)
+        if not info_seen and reply["frames_done"]:
+            listed = requests.get(f"{server.url}/info/", timeout=10).json()["sonovlm"]["propagations"]
+            info_seen = any(s["job"] == job for s in listed)
+            # A request that needs the model is served between two frames, not after the job.
+            assert http_infer(server, "segmentation", "geo_001", {}).status_code == 200
+            segmented_during = _propagation_reply(_poll(server, job))[1].get("state") == "running"
+        time.sleep(0.02)
+    else:
+        pytest.fail("the background propagation did not finish in 300 s")
+    done = [s["frames_done"] for s in statuses]
+    assert done == sorted(done) and any(0 < d < LONG_FRAMES for d in done), done
+    assert info_seen and segmented_during  # /info/ and a segmentation answered while it ran
+    last = statuses[-1]
+    assert last["frames"][0] == 70 and len(last["frames"]) == last["frames_done"]
+    assert last["frames_total"] == LONG_FRAMES and last["confidence"]["70"] == 1.0
+    assert reply["job"] == job and reply["state"] == "done"
+
+    blocking_path, blocking = client.infer("propagate", "cine_long", params, label_in=str(seed_path))
+    for key in ("confidence", "review_first", "lesion_pixels", "model_version"):
+        assert reply[key] == blocking[key]
+    (tmp_path / "job.nrrd").write_bytes(labelmap)
+    np.testing.assert_array_equal(read_cine_mask(tmp_path / "job.nrrd")[0], read_cine_mask(blocking_path)[0])
+    response = _poll(server, job)  # collected: forgotten
+    assert response.status_code == 404 and "no propagation job" in response.json()["detail"]
+
+
+def test_a_background_propagation_can_be_cancelled_and_fails_like_a_blocking_one(server):
+    started = http_infer(server, "propagate", "cine_long", {"foreground": [[40, 30, 0]], "as_job": True})
+    job = _propagation_reply(started)[1]["job"]
+    _, status = _propagation_reply(_poll(server, job, cancel=True))
+    assert status["state"] in ("cancelling", "cancelled")
+    deadline = time.monotonic() + 120
+    while status["state"] == "cancelling" and time.monotonic() < deadline:
+        _, status = _propagation_reply(_poll(server, job))
+    assert status["state"] == "cancelled" and status["frames_done"] < LONG_FRAMES
+
+    bad = {"foreground": [[40, 30, 4]], "last_frame": 3, "as_job": True}
+    job = _propagation_reply(http_infer(server, "propagate", "cine_long", bad))[1]["job"]
+    deadline = time.monotonic() + 120
+    response = _poll(server, job)
+    while response.status_code == 200 and time.monotonic() < deadline:
+        response = _poll(server, job)
+    assert response.status_code == 422 and "seed frame" in response.json()["detail"]
+    for params, status_code, words in [
+        ({"as_job": "yes"}, 422, "params.as_job"),
+        ({"job": 7}, 422, "params.job"),
+        ({"job": "no-such-job"}, 404, "no propagation job"),
+    ]:
+        response = http_infer(server, "propagate", "cine_long", params)
+        assert response.status_code == status_code and words in response.json()["detail"]

@@ -6,8 +6,9 @@ frame ``frame`` (else ``slice``, else the clicks' k, else the middle frame); ``o
 ``first_frame`` / ``last_frame`` (inclusive, default the whole cine). Without a mask or clicks the
 seed frame's automatic segmentation (organ or prompt) is the seed. Frames after the seed are
 segmented one after another, each with its predecessor's mask as previous-mask prompt; frames before
-it likewise backwards. MONAI Label type ``others`` (the stock plugin does not list it; SonoVLM's
-Slicer extension calls it).
+it likewise backwards. With ``"as_job": true`` the request starts a job that a client polls
+for per-frame progress (:mod:`sonovlm.app.jobs`). MONAI Label type ``others`` (the stock plugin
+does not list it; SonoVLM's Slicer extension calls it).
 
 The result is one NRRD labelmap of the whole cine, frames as slices: sizes ``cols rows frames``
 (x fastest), space left-posterior-superior, directions scaled by the spacing in mm (1 mm when
@@ -25,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from ..errors import SonoInputError
+from ..errors import ModelLoadError, SonoInputError
 from ..io.volume import write_nrrd_slices
 from ..organs import ORGAN_LABELS, organ_label
 from .config import ORGAN_CHOICES_AUTO
@@ -41,6 +43,7 @@ from .infer import (
     slicer_mask_spacing,
 )
 from .interactive import InteractionRequest, InteractiveTask, as_int
+from .jobs import JobBoard
 from .registry import ModelRegistry
 
 #: The one result format: a multi-frame labelmap.
@@ -75,9 +78,20 @@ def parse_frame_range(data: dict[str, Any], n_frames: int, seed: int) -> FrameRa
 
 
 class PropagateTask(InteractiveTask):
-    """A mask or prompts on one frame -> masks of every frame of the cine (or a range)."""
+    """A mask or prompts on one frame -> masks of every frame of the cine (or a range).
 
-    def __init__(self, registry: ModelRegistry, organ_lookup: OrganLookup, results: ResultSink | None = None):
+    ``jobs``: the server's background propagations (:mod:`sonovlm.app.jobs`); a request that is
+    one of them reports each frame to it, and lets waiting requests run between frames.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        organ_lookup: OrganLookup,
+        results: ResultSink | None = None,
+        jobs: JobBoard | None = None,
+    ):
+        self.jobs = jobs
         super(SegmentationTask, self).__init__(
             registry,
             organ_lookup,
@@ -111,7 +125,16 @@ class PropagateTask(InteractiveTask):
         frames: FrameRange = data["sono_range"]
         image = data["sono_image"]
         label = organ_label(request.organ)
+        job = self.jobs.running(data.get("propagation_job")) if self.jobs is not None else None
         with self.registry.inference() as predictor, input_errors_as_http():
+
+            def on_frame(result, done: int, total: int) -> None:
+                job.frame_done(result.frame, result.confidence, done, total)
+                try:
+                    self.registry.yield_to_requests(predictor)
+                except ModelLoadError as exc:
+                    raise HTTPException(status_code=409, detail=str(exc)) from exc
+
             results = predictor.propagate(
                 image,
                 request.organ,
@@ -120,6 +143,7 @@ class PropagateTask(InteractiveTask):
                 frames.first,
                 frames.last,
                 prompt=request.prompt,
+                on_frame=on_frame if job is not None else None,
             )
             data["model_version"] = predictor.model_version
         masks = np.zeros((image.n_frames, image.height, image.width), np.uint8)

@@ -142,6 +142,29 @@ class ModelRegistry:
         finally:
             self._lock.release()
 
+    def yield_to_requests(self, predictor: Any) -> None:
+        """Inside :meth:`inference` on a background thread: let requests waiting for the predictor
+        run now, then go on. Long work (a background propagation) calls it between steps so that
+        it does not hold every request (and the server's event loop) back until it ends.
+
+        Raises:
+            ModelLoadError: another model was served meanwhile (a result must come from one model).
+        """
+        if not self._requests_waiting:
+            return
+        version = predictor.model_version
+        self._lock.release()
+        try:
+            deadline = time.monotonic() + 1.0
+            while self._requests_waiting and time.monotonic() < deadline:
+                time.sleep(0.002)  # the waiting request takes the lock, then stops waiting
+        finally:
+            self._lock.acquire()
+        if self._predictor is not predictor or predictor.model_version != version:
+            raise ModelLoadError(
+                f"model {self.model_version} was published while the work ran on {version}; run it again"
+            )
+
     def on_change(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(new_version)`` after a different model starts serving."""
         self._listeners.append(callback)

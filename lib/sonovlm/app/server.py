@@ -9,6 +9,7 @@ loaded stops the server there with the reason.
 Overridden MONAI Label 0.8.5 behaviour (see the reference notes):
 
 * ``infer``/``next_sample``: unknown image ids and strategies are 404, bad input 422.
+* ``propagate`` with ``"as_job": true`` runs as a job a client polls (:mod:`sonovlm.app.jobs`).
 * automatic re-scoring after every next-sample is off; scores follow publishes instead
   (:mod:`sonovlm.app.scoring`).
 * the datastore is :class:`~sonovlm.app.datastore.SonoDatastore`.
@@ -35,6 +36,7 @@ from .frames import ImageCache
 from .http import bad_input, not_found
 from .infer import DEFAULT_ORGAN, ClassificationTask, SegmentationTask
 from .interactive import InteractiveTask
+from .jobs import JobBoard
 from .model_store import ModelStore
 from .propagate import PropagateTask
 from .registry import ModelRegistry
@@ -67,6 +69,7 @@ class SonoVLMServer(MONAILabelApp):
         self.scores = ScoreStore(state_dir / "scores")
         self.results = ResultLog(state_dir / "results")
         self.served = ServedLog()
+        self.propagations = JobBoard()
         self.scorer: BackgroundScorer | None = None
         self._rescored_for: tuple[str, int] | None = None
         super().__init__(
@@ -114,7 +117,9 @@ class SonoVLMServer(MONAILabelApp):
             )
             # Clicks/box/previous mask and cine propagation reuse the segmentation network.
             infers["interactive"] = InteractiveTask(self.registry, self._recorded_organ, self.results.record)
-            infers["propagate"] = PropagateTask(self.registry, self._recorded_organ, self.results.record)
+            infers["propagate"] = PropagateTask(
+                self.registry, self._recorded_organ, self.results.record, jobs=self.propagations
+            )
         if "classification" in self.app_config.models:
             infers["classification"] = ClassificationTask(
                 self.registry, self._recorded_organ, self.results.record
@@ -238,6 +243,7 @@ class SonoVLMServer(MONAILabelApp):
             ],
             "scoring": self.scorer.status() if self.scorer else {"state": "off"},
             "image_cache": self.images.stats(),
+            "propagations": self.propagations.statuses(),
         }
         return meta
 
@@ -253,7 +259,21 @@ class SonoVLMServer(MONAILabelApp):
                 request["image_id"] = image
             elif not os.path.isfile(image):
                 raise not_found(f"image {image!r} is not in the datastore")
+        if request["model"] == "propagate" and ("job" in request or "as_job" in request):
+            return self._propagation_job(request, datastore)
         return super().infer(request, datastore)
+
+    def _propagation_job(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        """``as_job``/``job`` params of ``propagate``: start or read a job (:mod:`.jobs`)."""
+        if "job" in request:
+            return self.propagations.poll(request)
+        as_job = request.pop("as_job")
+        if not isinstance(as_job, bool):
+            raise bad_input("params.as_job", f"must be true or false, not {as_job!r}")
+        if not as_job:
+            return super().infer(request, datastore)
+        status = self.propagations.start(request, lambda r: MONAILabelApp.infer(self, r, datastore))
+        return {"label": None, "tag": None, "file": None, "params": status}
 
     def train(self, request: dict[str, Any]) -> dict[str, Any]:
         """Train (in MONAI Label's training subprocess). ``run_sync`` would train inside the server

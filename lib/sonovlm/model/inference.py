@@ -17,6 +17,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -294,6 +295,7 @@ class Predictor:
         first: int | None = None,
         last: int | None = None,
         prompt: str | None = None,
+        on_frame: Callable[[SegmentationResult, int, int], None] | None = None,
     ) -> list[SegmentationResult]:
         """Segment frames ``first..last`` (inclusive; default all) of a cine from one seeded frame.
 
@@ -302,6 +304,10 @@ class Predictor:
         segmentation of ``organ`` / ``prompt`` for an empty seed). Then each frame
         after it, one by one, is segmented with its predecessor's mask as previous-mask prompt, and
         each frame before it likewise from its successor.
+
+        ``on_frame(result, done, total)`` is called after each frame (the seed first; ``done``
+        frames of ``total`` = ``last - first + 1``); an exception it raises stops the work there
+        and propagates (a cancelled request).
 
         Returns:
             One :class:`SegmentationResult` per frame, ordered by frame.
@@ -331,12 +337,17 @@ class Predictor:
         else:
             seeded = self.segment_interactive(image, organ, seed, prompt=prompt, frame=frame)
         results = {frame: seeded}
+        total = last - first + 1
+        if on_frame is not None:
+            on_frame(seeded, 1, total)
         for step, stop in ((1, last), (-1, first)):
             previous = seeded
             for index in range(frame + step, stop + step, step):
                 guide = Interaction(previous_mask=previous.mask)
                 previous = self.segment_interactive(image, organ, guide, prompt=prompt, frame=index)
                 results[index] = previous
+                if on_frame is not None:
+                    on_frame(previous, len(results), total)
         return [results[index] for index in sorted(results)]
 
     def classify(self, image: UltrasoundImage, organ: str, frame: int | None = None) -> ClassificationResult:
