@@ -24,7 +24,8 @@ rows are depth. ``scan_mask_key`` names an optional ``(1, rows, cols)`` mask of 
 (1) versus padding (0): artefacts stay inside it, as in ``usaugment``.
 
 :func:`train_transforms` builds the training pipeline; its ``mode`` switches the groups on and
-off for the ablation (``none``, ``geometric``, ``ultrasound``, ``all``).
+off for the ablation (``none``, ``geometric``, ``ultrasound``, ``all``); ``reference`` is the
+reference code's strong + weak augmentation instead (:class:`ReferenceAugmentd`, ``--paper``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-AUGMENT_MODES: tuple[str, ...] = ("none", "geometric", "ultrasound", "all")
+AUGMENT_MODES: tuple[str, ...] = ("none", "geometric", "ultrasound", "all", "reference")
 
 
 def _uniform(rng: np.random.RandomState, value: float | Sequence[float]) -> float:
@@ -344,7 +345,121 @@ def train_transforms(mode: str = "all", image_key: str = "image", seed: int | No
         steps += ultrasound_transforms(image_key)
     if mode in ("geometric", "all"):
         steps += geometric_transforms(image_key)
+    if mode == "reference":
+        steps.append(ReferenceAugmentd(image_key))
     compose = Compose(steps)
     if seed is not None:
         compose.set_random_state(seed=seed)
     return compose
+
+
+#: The reference code's photometric ("strong") operations and their value ranges.
+_STRONG_OPS: tuple[tuple[str, tuple[float, float] | None], ...] = (
+    ("identity", None),
+    ("autocontrast", None),
+    ("equalize", None),
+    ("blur", (0.75, 1.25)),
+    ("contrast", (0.75, 1.25)),
+    ("brightness", (0.75, 1.25)),
+    ("sharpness", (0.75, 1.25)),
+    ("posterize", (4, 8)),
+    ("solarize", (1, 256)),
+)
+_WEAK_OPS = ("resized_crop", "hflip", "vflip", "identity")
+
+
+class ReferenceAugmentd(RandomizableTransform, MapTransform):
+    """The reference code's training augmentation (NextGen-UIA, segmentation and classification).
+
+    With probability 0.5 nothing happens. Otherwise the *strong* part draws ``n`` uniformly from
+    0 .. 9 and applies ``n`` operations picked with replacement from identity, autocontrast,
+    equalize, Gaussian blur (sigma 0.75-1.25), contrast, brightness, sharpness (factors 0.75-1.25),
+    posterize (4-7 bits) and solarize (threshold 1-255), as Pillow implements them, to the 8-bit grey
+    image; then the *weak* part draws ``n`` from 0 .. 4 and applies ``n`` picked with replacement
+    from a square random resized crop (area 0.8-1.2 of the image; a crop that does not fit is
+    redrawn, up to 10 times, else the whole image), a left-right flip, an up-down flip and the
+    identity, to the image and the masks alike (masks nearest-neighbour).
+
+    Keys: ``image`` ``(1, S, S)`` in [0, 1]; ``mask`` and ``scan_mask`` (when present) follow the
+    geometry. Unlike :func:`geometric_transforms` this flips up-down, as the reference does,
+    although rows are depth.
+    """
+
+    def __init__(self, image_key: str = "image", mask_keys: Sequence[str] = ("mask", "scan_mask")) -> None:
+        MapTransform.__init__(self, [image_key], allow_missing_keys=False)
+        RandomizableTransform.__init__(self, prob=0.5)
+        self.image_key = image_key
+        self.mask_keys = tuple(mask_keys)
+
+    def _strong(self, img: torch.Tensor) -> torch.Tensor:
+        from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+        grey = Image.fromarray(
+            (img[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(), mode="L"
+        )
+        count = int(self.R.randint(0, len(_STRONG_OPS) + 1))
+        for index in self.R.randint(0, len(_STRONG_OPS), size=count):
+            name, span = _STRONG_OPS[int(index)]
+            u = float(self.R.uniform())
+            if name == "autocontrast":
+                grey = ImageOps.autocontrast(grey)
+            elif name == "equalize":
+                grey = ImageOps.equalize(grey)
+            elif name == "blur":
+                grey = grey.filter(ImageFilter.GaussianBlur(radius=span[0] + (span[1] - span[0]) * u))
+            elif name in ("contrast", "brightness", "sharpness"):
+                enhancer = {
+                    "contrast": ImageEnhance.Contrast,
+                    "brightness": ImageEnhance.Brightness,
+                    "sharpness": ImageEnhance.Sharpness,
+                }[name]
+                grey = enhancer(grey).enhance(span[1] - (span[1] - span[0]) * u)
+            elif name == "posterize":
+                grey = ImageOps.posterize(grey, int(span[1] - max(1, math.ceil((span[1] - span[0]) * u))))
+            elif name == "solarize":
+                grey = ImageOps.solarize(grey, int(span[1] - max(1, math.ceil((span[1] - span[0]) * u))))
+        out = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
+        return out.to(device=img.device, dtype=img.dtype)
+
+    def _crop_box(self, side: int) -> tuple[int, int, int]:
+        for _ in range(10):
+            crop = int(round(math.sqrt(self.R.uniform(0.8, 1.2)) * side))
+            if 0 < crop <= side:
+                return int(self.R.randint(0, side - crop + 1)), int(self.R.randint(0, side - crop + 1)), crop
+        return 0, 0, side
+
+    def _weak(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        count = int(self.R.randint(0, len(_WEAK_OPS) + 1))
+        for index in self.R.randint(0, len(_WEAK_OPS), size=count):
+            name = _WEAK_OPS[int(index)]
+            if name == "hflip":
+                tensors = {k: v.flip(-1) for k, v in tensors.items()}
+            elif name == "vflip":
+                tensors = {k: v.flip(-2) for k, v in tensors.items()}
+            elif name == "resized_crop":
+                side = tensors[self.image_key].shape[-1]
+                top, left, crop = self._crop_box(side)
+                resized = {}
+                for key, value in tensors.items():
+                    patch = value[None, :, top : top + crop, left : left + crop].float()
+                    mode = "bilinear" if key == self.image_key else "nearest"
+                    extra = {"align_corners": False} if mode == "bilinear" else {}
+                    out = F.interpolate(patch, size=(side, side), mode=mode, **extra)[0]
+                    resized[key] = out.to(value.dtype)
+                tensors = resized
+        return tensors
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        image = convert_to_tensor(d[self.image_key], dtype=torch.float32, track_meta=False)
+        tensors = {self.image_key: self._strong(image)}
+        for key in self.mask_keys:
+            if key in d:
+                tensors[key] = convert_to_tensor(d[key], track_meta=False)
+        tensors = self._weak(tensors)
+        for key, value in tensors.items():
+            d[key] = convert_to_dst_type(value, d[key])[0]
+        return d

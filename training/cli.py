@@ -25,6 +25,7 @@ from sonovlm.errors import ModelLoadError, SonoInputError
 
 from .augment import AUGMENT_MODES
 from .engine import PRECISIONS
+from .paper import add_reference_options
 
 
 def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
@@ -100,13 +101,13 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
 
 def _run_stage(args: argparse.Namespace) -> int:
     from .runner import run_stage
-    from .stages import STAGES
 
     if args.command == "zero-shot":
         args.epochs = max(args.epochs, 1)
-    stage_class = STAGES[args.command]
+    from .paper import build_stage, resolve
+
     # the segmentation stage draws its simulated interactions from its own seeded generator
-    stage = stage_class(seed=args.seed) if args.command == "segmentation" else stage_class()
+    stage = build_stage(resolve(args))
     return run_stage(args, stage)
 
 
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text)
         _add_stage_options(sub, name)
+        add_reference_options(sub, name)
         sub.set_defaults(func=_run_stage)
 
     compare = commands.add_parser("compare", help="paper-style table across runs")

@@ -2,7 +2,8 @@
 
 AdamW over the trainable parameters (adapter and the stage's head; the backbone stays frozen),
 a cosine learning-rate schedule over all steps, early stopping on the stage's validation metric
-(``patience`` epochs without improvement), the best model kept as a SonoVLM checkpoint
+(``patience`` validations without improvement; a validation after every epoch unless
+``val_every`` says otherwise), the best model kept as a SonoVLM checkpoint
 (``best.safetensors``, the format the server loads), and the full training state after every
 epoch (``last_state.pt``) for ``--resume``. Mixed precision on CUDA (bf16 where the GPU has it,
 else fp16 with a gradient scaler); full precision on CPU. Under torchrun the step module is
@@ -59,8 +60,21 @@ class TrainSettings:
     seed: int = 0
     num_workers: int = 0
     grad_clip: float | None = None
+    #: AdamW's (beta1, beta2); the reference code uses (0.9, 0.95).
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: the cosine schedule's floor (the reference's ``eta_min`` 1e-8).
+    lr_min: float = 0.0
+    #: validate after every ``val_every``-th epoch and the last; ``patience`` counts validations.
+    val_every: int = 1
 
     def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise SonoInputError("--betas", f"must be in [0, 1), got {list(self.betas)}")
+        if not 0.0 <= self.lr_min < self.lr:
+            raise SonoInputError("--lr-min", f"must be in [0, --lr), got {self.lr_min}")
+        if self.val_every < 1:
+            raise SonoInputError("--val-every", f"must be at least 1, got {self.val_every}")
         if self.epochs < 1:
             raise SonoInputError("--epochs", f"must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -112,11 +126,13 @@ class StepModule(nn.Module):
         return self.stage.loss(self.model, batch)
 
 
-def cosine_factor(total_steps: int) -> Callable[[int], float]:
-    """Cosine decay of the learning-rate factor from 1 at step 0 to 0 at ``total_steps``."""
+def cosine_factor(total_steps: int, floor: float = 0.0) -> Callable[[int], float]:
+    """Cosine decay of the learning-rate factor from 1 at step 0 to ``floor`` at ``total_steps``
+    (``floor = lr_min / lr``: torch's ``CosineAnnealingLR`` with ``eta_min``)."""
 
     def factor(step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        cosine = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        return floor + (1.0 - floor) * cosine
 
     return factor
 
@@ -167,9 +183,11 @@ class Trainer:
             raise SonoInputError(
                 "--adapter", f"nothing to train in stage {stage.name} (adapter none, head frozen)"
             )
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
+        )
         total_steps = settings.epochs * max(steps_per_epoch, 1)
-        self.lr_factor = cosine_factor(total_steps)
+        self.lr_factor = cosine_factor(total_steps, settings.lr_min / settings.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         step = StepModule(model, stage)
@@ -333,6 +351,12 @@ class Trainer:
         ):
             record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self._train_epoch(epoch))
+            if (epoch + 1) % settings.val_every and epoch + 1 < settings.epochs:
+                record["best"] = False  # not a validation epoch (--val-every)
+                self.history.append(record)
+                self._log_epoch(record)
+                on_main(self.info, self._save_epoch, epoch, False)
+                continue
             self.step_module.eval()
             with autocast(self.dtype, self.info.device):
                 record.update(
@@ -354,7 +378,7 @@ class Trainer:
             stop = broadcast(self.info, self.bad_epochs >= settings.patience)
             if stop:
                 log.info(
-                    "early stop after epoch %d: no better val_%s for %d epochs",
+                    "early stop after epoch %d: no better val_%s for %d validations",
                     epoch + 1,
                     self.stage.monitor,
                     settings.patience,

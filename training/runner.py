@@ -67,8 +67,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def build_model(args: argparse.Namespace) -> Any:
     """The SonoVLM for this run: fresh (``--backbone``/``--adapter``) or from ``--init-from``."""
-    from sonovlm.model import AdapterConfig, ModelConfig, SonoVLM, load_checkpoint
+    from dataclasses import replace
 
+    from sonovlm.model import AdapterConfig, HeadConfig, ModelConfig, SonoVLM, load_backbone, load_checkpoint
+
+    from .paper import adapter_options, head_options, reference_preprocess
+
+    heads = head_options(args)
     if getattr(args, "init_from", None):
         path = resolve_checkpoint(args.init_from)
         model = load_checkpoint(path, backbone=args.backbone)
@@ -78,13 +83,31 @@ def build_model(args: argparse.Namespace) -> Any:
                 f"{args.adapter!r} differs from the adapter {model.config.adapter.kind!r} of {path}",
             )
         log.info("initialised from %s (version %s)", path, model.version)
-        return model
+        wanted = replace(model.config.heads, **heads)
+        if wanted == model.config.heads:
+            return model
+        # Other heads (e.g. --paper after a contrastive run): fresh heads, the adapter and the
+        # prompt embeddings of the checkpoint.
+        config = replace(model.config, heads=replace(wanted, levels=model.config.heads.levels), version=None)
+        backbone = load_backbone(config.backbone if args.backbone is None else args.backbone)
+        fresh = SonoVLM(config, backbone=backbone, prompt_bank=model.prompt_bank, encode_prompts=False)
+        kept = {k: v for k, v in model.trainable_state_dict().items() if k.startswith(("adapter.", "text."))}
+        fresh.load_trainable_state_dict({**fresh.trainable_state_dict(), **kept})
+        log.info("heads %s replaced by %s (adapter kept)", model.config.heads.to_dict(), heads)
+        return fresh
     default_adapter = "none" if args.command == "zero-shot" else "mona"
-    config = ModelConfig(adapter=AdapterConfig(kind=args.adapter or default_adapter))
+    config = ModelConfig(
+        adapter=AdapterConfig(kind=args.adapter or default_adapter, **adapter_options(args)),
+        heads=HeadConfig(**heads),
+    )
     if args.backbone:
         config.backbone = args.backbone
     if getattr(args, "prompt_bank", None):
         config.prompt_bank = args.prompt_bank
+    if getattr(args, "preprocess", None) == "reference":
+        backbone = load_backbone(config.backbone)
+        config.preprocess = reference_preprocess(backbone.image_size)
+        return SonoVLM(config, backbone=backbone)
     return SonoVLM(config)
 
 
@@ -174,6 +197,9 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
             precision=args.precision,
             seed=args.seed,
             num_workers=args.workers,
+            betas=tuple(args.betas),
+            lr_min=args.lr_min,
+            val_every=args.val_every,
         )
         if args.threads > 0:
             torch.set_num_threads(args.threads)

@@ -55,8 +55,8 @@ class ClassificationStage(Stage):
     mode = "max"
     trains_cls_head = True
 
-    def __init__(self) -> None:
-        self.criterion = classification_loss()
+    def __init__(self, loss: str = "sonovlm") -> None:
+        self.criterion = classification_loss(variant=loss)
 
     def loss(self, model: SonoVLM, batch: dict) -> torch.Tensor:
         return self.criterion(_logits(model, batch), batch["label"][:, None])

@@ -7,7 +7,8 @@ image's own grid (:func:`sonovlm.model.preprocess.from_model_space`, lesion prob
 the server does) and scored there by :func:`training.metrics.segmentation_case`.
 
 Training simulates interactions (as the app's trainer does): an ``interactive_fraction`` share of
-the batches gets a jittered box, a degraded previous mask and corrective clicks
+the batches (``--interactive-fraction``, default 0.5; 0 under ``--paper``, as the reference
+trains automatic segmentation only) gets a jittered box, a degraded previous mask and corrective clicks
 (:func:`sonovlm.model.click_simulation.training_prompt_maps`), the rest no prompts, so one network
 serves automatic and interactive use. Validation and test are automatic.
 """
@@ -19,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sonovlm.errors import SonoInputError
 from sonovlm.model import SonoVLM, from_model_space, segmentation_loss
 from sonovlm.model.click_simulation import training_prompt_maps
+from sonovlm.model.heads import ReferenceSegmentationHead
 from sonovlm.model.inference import MASK_THRESHOLD
 
 from ..distributed import DistInfo, gather_records
@@ -41,12 +44,23 @@ class SegmentationStage(Stage):
     monitor = "dice"
     mode = "max"
     trains_seg_head = True
-    #: Share of training batches with simulated interactions.
+    #: Share of training batches with simulated interactions (``--interactive-fraction``).
     interactive_fraction = 0.5
 
-    def __init__(self, seed: int = 0) -> None:
-        self.criterion = segmentation_loss()
+    def __init__(self, seed: int = 0, interactive_fraction: float = 0.5, loss: str = "sonovlm") -> None:
+        if not 0.0 <= interactive_fraction <= 1.0:
+            raise SonoInputError("--interactive-fraction", f"must be in [0, 1], got {interactive_fraction}")
+        self.interactive_fraction = float(interactive_fraction)
+        self.criterion = segmentation_loss(loss)
         self.rng = np.random.default_rng(seed)  # same seed on every rank: same batches interactive
+
+    def configure(self, model: SonoVLM, freeze_adapter: bool = False) -> None:
+        super().configure(model, freeze_adapter)
+        if self.interactive_fraction > 0 and isinstance(model.seg_head, ReferenceSegmentationHead):
+            raise SonoInputError(
+                "--interactive-fraction",
+                "the reference decoder takes no prompts; use 0 with --decoder reference",
+            )
 
     def loss(self, model: SonoVLM, batch: dict) -> torch.Tensor:
         features = model.encode_image(batch["pixel_values"])

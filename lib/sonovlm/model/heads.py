@@ -21,6 +21,13 @@ from .interaction import InteractionEncoder
 #: Classes of the segmentation output: 0 background, 1 lesion.
 SEGMENTATION_CLASSES = 2
 
+#: Segmentation decoders and classification heads a :class:`HeadConfig` can name.
+DECODERS = ("sonovlm", "reference")
+CLASSIFIERS = ("sonovlm", "reference-mlp", "reference-linear")
+
+#: Loss variants: SonoVLM's, or the reference code's settings.
+LOSS_VARIANTS = ("sonovlm", "reference")
+
 
 def default_levels(vision_layers: int) -> tuple[int, ...]:
     """1-based blocks the segmentation head reads by default: those after 1/4, 1/2, 3/4 of the depth.
@@ -55,16 +62,33 @@ class HeadConfig:
         decoder_channels: channels entering the upsampling stages; each stage halves them, down
             to 16.
         dropout: dropout probability in both heads (also what MC-dropout samples).
+        decoder: ``"sonovlm"`` (:class:`SegmentationHead`: FiLM text conditioning, convolutional
+            upsampling, interaction prompts) or ``"reference"`` (:class:`ReferenceSegmentationHead`,
+            the reference code's decoder: no text, no prompts).
+        classifier: ``"sonovlm"`` (:class:`ClassificationHead`: zero-shot prompts plus a learned
+            layer on the image embedding), ``"reference-mlp"`` (pooled fused patch tokens, Linear,
+            ReLU, Dropout 0.1, Linear: the reference's OpenAI-CLIP head) or ``"reference-linear"``
+            (pooled fused patch tokens, Dropout 0.5, Linear: its open_clip head).
     """
 
     width: int | None = None
     levels: tuple[int, ...] | None = None
     decoder_channels: int = 64
     dropout: float = 0.1
+    decoder: str = "sonovlm"
+    classifier: str = "sonovlm"
 
     def __post_init__(self) -> None:
         if self.levels is not None:
             object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
+        if self.decoder not in DECODERS:
+            raise SonoInputError(
+                "heads.decoder", f"unknown {self.decoder!r}; choose one of {', '.join(DECODERS)}"
+            )
+        if self.classifier not in CLASSIFIERS:
+            raise SonoInputError(
+                "heads.classifier", f"unknown {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise SonoInputError("heads.dropout", f"must be in [0, 1), got {self.dropout}")
 
@@ -292,18 +316,137 @@ class ClassificationHead(nn.Module):
         return float(self.temperature)
 
 
-def segmentation_loss() -> nn.Module:
-    """MONAI DiceCE for ``(B, 2, S, S)`` logits and ``(B, 1, S, S)`` 0/1 targets."""
+def segmentation_loss(variant: str = "sonovlm") -> nn.Module:
+    """MONAI DiceCE for ``(B, 2, S, S)`` logits and ``(B, 1, S, S)`` 0/1 targets.
+
+    ``variant="reference"`` takes the reference code's settings: squared predictions in the Dice
+    denominator and smoothing 1e-8 (MONAI's default is 1e-5, plain sums).
+    """
     from monai.losses import DiceCELoss
 
+    if variant not in LOSS_VARIANTS:
+        raise SonoInputError("segmentation loss", f"unknown variant {variant!r}")
+    if variant == "reference":
+        return DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=1e-8, smooth_dr=1e-8)
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
-def classification_loss(gamma: float = 2.0) -> nn.Module:
-    """MONAI Focal loss for ``(B, 2)`` logits and ``(B, 1)`` class-index targets."""
+def classification_loss(gamma: float = 2.0, variant: str = "sonovlm") -> nn.Module:
+    """MONAI Focal loss for ``(B, 2)`` logits and ``(B, 1)`` class-index targets.
+
+    SonoVLM's is the softmax focal loss (the classes are exclusive); ``variant="reference"`` is the
+    reference code's ``FocalLoss(to_onehot_y=True)``: a sigmoid focal loss per class.
+    """
     from monai.losses import FocalLoss
 
-    return FocalLoss(to_onehot_y=True, gamma=gamma, use_softmax=True)
+    if variant not in LOSS_VARIANTS:
+        raise SonoInputError("classification loss", f"unknown variant {variant!r}")
+    return FocalLoss(to_onehot_y=True, gamma=gamma, use_softmax=variant == "sonovlm")
+
+
+class _ReferenceFusion(nn.Module):
+    """The reference code's multi-level fusion: per level ``Linear(D, width)`` then
+    ``LayerNorm, Linear, GELU, Linear``, summed deep to shallow; class token dropped.
+
+    ``levels``: hidden states ``(B, 1 + grid**2, D)``, shallow to deep -> ``(B, width, grid, grid)``.
+    """
+
+    def __init__(self, vision_width: int, grid: int, n_levels: int, width: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.width = width
+        self.reduces = nn.ModuleList(nn.Linear(vision_width, width) for _ in range(n_levels))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+            for _ in range(n_levels)
+        )
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        if len(levels) != len(self.reduces):
+            raise ValueError(f"expected {len(self.reduces)} levels, got {len(levels)}")
+        fused = None
+        for hidden, reduce, block in zip(levels[::-1], self.reduces[::-1], self.blocks[::-1], strict=True):
+            x = block(reduce(hidden[:, 1:, :]))
+            fused = x if fused is None else fused + x
+        assert fused is not None
+        batch = fused.shape[0]
+        return fused.transpose(1, 2).reshape(batch, self.width, self.grid, self.grid)
+
+
+class ReferenceSegmentationHead(nn.Module):
+    """The reference code's segmentation decoder (``--decoder reference``, part of ``--paper``).
+
+    :class:`_ReferenceFusion` of the levels, bilinear upsampling of the ``grid x grid`` map to the
+    input size, a 1x1 convolution to 2-class logits. It reads no text and no interaction prompts:
+    ``text_embedding`` is accepted (same call as :class:`SegmentationHead`) and ignored.
+
+    Args:
+        vision_width, grid, patch_size, n_levels, width: as for :class:`SegmentationHead`.
+    """
+
+    def __init__(
+        self, vision_width: int, grid: int, patch_size: int, n_levels: int, width: int = 512
+    ) -> None:
+        super().__init__()
+        self.grid = grid
+        self.width = width
+        self.image_size = grid * patch_size
+        self.fusion = _ReferenceFusion(vision_width, grid, n_levels, width)
+        self.classifier = nn.Conv2d(width, SEGMENTATION_CLASSES, kernel_size=1)
+
+    def forward(
+        self,
+        levels: list[torch.Tensor],
+        text_embedding: torch.Tensor | None = None,
+        interaction: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(B, 2, S, S)``; ``interaction`` must be None (the reference takes no clicks)."""
+        if interaction is not None:
+            raise SonoInputError(
+                "interaction",
+                "the reference decoder (--decoder reference / --paper) takes no clicks or boxes",
+            )
+        x = self.fusion(levels)
+        size = (self.image_size, self.image_size)
+        return self.classifier(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+
+
+class ReferenceClassificationHead(nn.Module):
+    """The reference code's classification head on pooled fused patch tokens (no text).
+
+    ``variant="reference-mlp"``: average pool, Linear(width, width), ReLU, Dropout(0.1),
+    Linear(width, 2) (the reference's OpenAI-CLIP adapter); ``"reference-linear"``: average pool,
+    Dropout(0.5), Linear(width, 2) (its open_clip adapter). It fuses the levels itself, with its own
+    weights, as the reference trains a separate fusion for classification. Probabilities are
+    ``softmax(logits / T)`` with the temperature fitted by :meth:`calibrate`, as for
+    :class:`ClassificationHead`.
+    """
+
+    is_zero_shot = False
+
+    def __init__(self, vision_width: int, grid: int, n_levels: int, width: int, variant: str) -> None:
+        super().__init__()
+        self.fusion = _ReferenceFusion(vision_width, grid, n_levels, width)
+        if variant == "reference-mlp":
+            layers: list[nn.Module] = [
+                nn.Linear(width, width),
+                nn.ReLU(),
+                nn.Dropout(0.1),
+                nn.Linear(width, 2),
+            ]
+        elif variant == "reference-linear":
+            layers = [nn.Dropout(0.5), nn.Linear(width, 2)]
+        else:
+            raise SonoInputError("heads.classifier", f"{variant!r} is not a reference classifier")
+        self.classifier = nn.Sequential(*layers)
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Uncalibrated logits ``(B, 2)`` from the levels' hidden states."""
+        return self.classifier(self.fusion(levels).mean(dim=(2, 3)))
+
+    probabilities = ClassificationHead.probabilities
+    calibrate = ClassificationHead.calibrate
 
 
 def count_parameters(module: nn.Module) -> int:

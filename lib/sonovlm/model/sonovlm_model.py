@@ -34,7 +34,13 @@ from .adapters import (
     unmerge_adapter,
 )
 from .backbone import DEFAULT_BACKBONE, Backbone, geometry_info, load_backbone
-from .heads import ClassificationHead, HeadConfig, SegmentationHead
+from .heads import (
+    ClassificationHead,
+    HeadConfig,
+    ReferenceClassificationHead,
+    ReferenceSegmentationHead,
+    SegmentationHead,
+)
 from .preprocess import PreprocessConfig, mask_to_model_space, preprocess_frame, preprocess_pair
 from .prompts import DEFAULT_PROMPT_BANK, PromptBank, load_prompt_bank
 from .tokenizer import CONTEXT_LENGTH, load_clip_tokenizer
@@ -55,6 +61,35 @@ OPTIONAL_STATE_PREFIXES: tuple[str, ...] = ("seg_head.interaction.",)
 
 def _is_output_layer(key: str) -> bool:
     return key.startswith(("seg_head.interaction.fine_out.", "seg_head.interaction.coarse_out."))
+
+
+def build_segmentation_head(config: HeadConfig, backbone: Backbone, n_levels: int) -> nn.Module:
+    """The segmentation head ``config.decoder`` names, sized for ``backbone``."""
+    width = config.resolved_width(backbone.vision_width)
+    if config.decoder == "reference":
+        return ReferenceSegmentationHead(
+            backbone.vision_width, backbone.grid_size, backbone.patch_size, n_levels, width
+        )
+    return SegmentationHead(
+        vision_width=backbone.vision_width,
+        text_dim=backbone.embed_dim,
+        grid=backbone.grid_size,
+        patch_size=backbone.patch_size,
+        n_levels=n_levels,
+        width=width,
+        decoder_channels=config.decoder_channels,
+        dropout=config.dropout,
+    )
+
+
+def build_classification_head(config: HeadConfig, backbone: Backbone, n_levels: int) -> nn.Module:
+    """The classification head ``config.classifier`` names, sized for ``backbone``."""
+    if config.classifier == "sonovlm":
+        return ClassificationHead(backbone.embed_dim, dropout=config.dropout)
+    width = config.resolved_width(backbone.vision_width)
+    return ReferenceClassificationHead(
+        backbone.vision_width, backbone.grid_size, n_levels, width, config.classifier
+    )
 
 
 @dataclass
@@ -172,17 +207,8 @@ class SonoVLM(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
             attach_adapter(self.clip, config.adapter)
-            self.seg_head = SegmentationHead(
-                vision_width=backbone.vision_width,
-                text_dim=backbone.embed_dim,
-                grid=backbone.grid_size,
-                patch_size=backbone.patch_size,
-                n_levels=len(self.levels),
-                width=config.heads.resolved_width(backbone.vision_width),
-                decoder_channels=config.heads.decoder_channels,
-                dropout=config.heads.dropout,
-            )
-            self.cls_head = ClassificationHead(backbone.embed_dim, dropout=config.heads.dropout)
+            self.seg_head = build_segmentation_head(config.heads, backbone, len(self.levels))
+            self.cls_head = build_classification_head(config.heads, backbone, len(self.levels))
         reference = self.clip.visual_projection.weight
         self.seg_head.to(device=reference.device, dtype=reference.dtype)
         self.cls_head.to(device=reference.device, dtype=reference.dtype)
@@ -325,6 +351,8 @@ class SonoVLM(nn.Module):
 
     def classify_logits(self, features: VisionFeatures, organ_ids: torch.Tensor) -> torch.Tensor:
         """``(B, 2)`` uncalibrated benign/malignant logits; class prompts chosen by ``organ_ids``."""
+        if isinstance(self.cls_head, ReferenceClassificationHead):  # pooled patch tokens, no text
+            return self.cls_head(features.levels)
         return self.cls_head(features.embedding, self.class_text[organ_ids], self.logit_scale())
 
     def forward(

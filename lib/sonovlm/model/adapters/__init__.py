@@ -9,7 +9,7 @@ backbone is frozen and only the adapter trains. :func:`adapter_state_dict` /
 from __future__ import annotations
 
 from sonovlm.model.adapters.config import ADAPTER_KINDS, AdapterConfig
-from sonovlm.model.adapters.hybrid import HybridMona
+from sonovlm.model.adapters.hybrid import HybridMona, ReferenceHybridMona
 from sonovlm.model.adapters.inject import (
     adapter_parameters,
     adapter_state_dict,
@@ -27,6 +27,7 @@ __all__ = [
     "HybridMona",
     "Mona",
     "MultiScaleConv",
+    "ReferenceHybridMona",
     "adapter_parameters",
     "adapter_state_dict",
     "attach_adapter",

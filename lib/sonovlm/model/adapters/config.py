@@ -12,6 +12,7 @@ from typing import Any
 from sonovlm.errors import SonoInputError
 
 ADAPTER_KINDS = ("lora", "mona", "hybrid", "none")
+HYBRID_VARIANTS = ("sonovlm", "reference")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class AdapterConfig:
             backbones it is capped at a quarter of the width (a 64-wide test backbone gets 16).
         mona_kernel_sizes: the depthwise kernels averaged in Mona's middle (odd sizes).
         mona_dropout: dropout after Mona's GELU (0.1 as in the Mona code).
+        lora_rslora: scale LoRA's update by ``alpha / sqrt(rank)`` (rank-stabilised LoRA, as the
+            reference code does) instead of ``alpha / rank``.
+        hybrid_variant: ``"sonovlm"`` (:class:`~sonovlm.model.adapters.hybrid.HybridMona`: complex
+            filter per frequency, mean-and-spread gate starting at equal weights) or ``"reference"``
+            (:class:`~sonovlm.model.adapters.hybrid.ReferenceHybridMona`: the reference code's
+            per-channel spectral gain and pooled-mean gate).
     """
 
     kind: str = "lora"
@@ -42,6 +49,8 @@ class AdapterConfig:
     mona_bottleneck: int = 64
     mona_kernel_sizes: tuple[int, ...] = (3, 5, 7)
     mona_dropout: float = 0.1
+    lora_rslora: bool = False
+    hybrid_variant: str = "sonovlm"
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
@@ -64,6 +73,11 @@ class AdapterConfig:
         if not self.mona_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.mona_kernel_sizes):
             raise SonoInputError(
                 "adapter.mona_kernel_sizes", f"must be odd sizes, got {list(self.mona_kernel_sizes)}"
+            )
+        if self.hybrid_variant not in HYBRID_VARIANTS:
+            raise SonoInputError(
+                "adapter.hybrid_variant",
+                f"unknown {self.hybrid_variant!r}; choose one of {', '.join(HYBRID_VARIANTS)}",
             )
         for name in ("lora_dropout", "mona_dropout"):
             value = getattr(self, name)

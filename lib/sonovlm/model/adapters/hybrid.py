@@ -79,3 +79,59 @@ class HybridMona(Mona):
     def mix(self, grid: torch.Tensor) -> torch.Tensor:
         mixed = self.spatial.mix(grid, self.branch_weights(grid)) + self.frequency_response(grid)
         return self.spatial.project(mixed)
+
+
+class ReferenceHybridMona(Mona):
+    """The reference code's hybrid Mona (NextGen-UIA ``HybridNoiseFreqMona``), for ``--paper`` runs.
+
+    On the (B, C, rows, cols) bottleneck grid ``z``::
+
+        f      = irfft2(rfft2(z) * g)                          # g: one real gain per channel (init 1)
+        w      = softmax(conv(relu(conv(mean(f)))))            # pooled-mean gate, C -> C/4 -> branches
+        z_mid  = sum_k w_k dwconv_k(f) + z
+        z      = z_mid + conv1x1(z_mid)
+
+    A real per-channel gain on the spectrum is the same as scaling each channel in space (the
+    Fourier transform is linear), so the "frequency filter" is a per-channel gain in effect;
+    :class:`HybridMona`, SonoVLM's default, learns a full complex filter per frequency instead and
+    adds the filtered grid as a branch. The gate sees only each channel's mean; HybridMona's also
+    sees its spread (speckle) and starts at equal weights.
+
+    Args:
+        hidden_size: backbone width D.
+        bottleneck: bottleneck width C.
+        kernel_sizes: depthwise kernel sizes.
+        dropout: dropout probability after the GELU.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        bottleneck: int,
+        kernel_sizes: tuple[int, ...] = (3, 5, 7),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(hidden_size, bottleneck, kernel_sizes, dropout)
+        gate_hidden = max(1, bottleneck // 4)
+        self.channel_gain = nn.Parameter(torch.ones(bottleneck))
+        self.branch_gate = nn.Sequential(
+            nn.Conv2d(bottleneck, gate_hidden, 1), nn.ReLU(), nn.Conv2d(gate_hidden, len(kernel_sizes), 1)
+        )
+
+    def filtered(self, grid: torch.Tensor) -> torch.Tensor:
+        """``irfft2(rfft2(grid) * gain)`` per channel; (B, C, H, W) -> same."""
+        rows, cols = grid.shape[-2:]
+        spectrum = torch.fft.rfft2(grid.float()) * self.channel_gain.float().view(1, -1, 1, 1)
+        return torch.fft.irfft2(spectrum, s=(rows, cols)).to(grid.dtype)
+
+    def branch_weights(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, branches) softmax weights from each channel's mean."""
+        pooled = grid.mean(dim=(2, 3), keepdim=True)
+        return torch.softmax(self.branch_gate(pooled).flatten(1), dim=1)
+
+    def mix(self, grid: torch.Tensor) -> torch.Tensor:
+        filtered = self.filtered(grid)
+        weights = self.branch_weights(filtered)
+        # spatial.mix adds its input as the identity: remove the filtered copy, add the unfiltered grid
+        mixed = self.spatial.mix(filtered, weights) - filtered + grid
+        return self.spatial.project(mixed)

@@ -25,7 +25,7 @@ from transformers import CLIPModel
 from sonovlm.errors import ModelLoadError
 from sonovlm.model.adapters import lora
 from sonovlm.model.adapters.config import AdapterConfig
-from sonovlm.model.adapters.hybrid import HybridMona
+from sonovlm.model.adapters.hybrid import HybridMona, ReferenceHybridMona
 from sonovlm.model.adapters.mona import Mona, mona_bottleneck_width
 
 CONFIG_ATTRIBUTE = "sonovlm_adapter_config"
@@ -75,6 +75,10 @@ def attach_adapter(clip_model: CLIPModel, config: AdapterConfig) -> None:
         for layer in _vision_layers(clip_model):
             if config.kind == "mona":
                 adapter = Mona(width, bottleneck, config.mona_kernel_sizes, config.mona_dropout)
+            elif config.hybrid_variant == "reference":
+                adapter = ReferenceHybridMona(
+                    width, bottleneck, config.mona_kernel_sizes, config.mona_dropout
+                )
             else:
                 adapter = HybridMona(
                     width, bottleneck, (side, side), config.mona_kernel_sizes, config.mona_dropout

@@ -32,6 +32,7 @@ def inject_lora(clip_model: CLIPModel, config: AdapterConfig) -> None:
         lora_dropout=config.lora_dropout,
         target_modules=vision_target_pattern(config.lora_target_modules),
         bias="none",
+        use_rslora=config.lora_rslora,
     )
     inject_adapter_in_model(lora_config, clip_model, adapter_name=LORA_ADAPTER_NAME)
 
