@@ -9,6 +9,7 @@ Commands::
     zero-shot                    classification from the prompt bank alone (no training)
     compare RUN_DIR...           paper-style table across runs (rows backbone x adapter)
     export RUN_DIR FILE          the best checkpoint as one file for the server, plus a model card
+    refine-captions PAIRS        LLM-refine every caption of an image-caption file (the paper's step)
 
 Stages run as one process or under ``torchrun`` (DDP; NCCL on GPU, gloo on CPU). Errors a user
 can cause exit with code 2 and one ``error:`` line.
@@ -219,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         "file", metavar="FILE", help="checkpoint to write (.safetensors); the card goes beside it"
     )
     export.set_defaults(func=_run_export)
+
+    from .captions import add_refine_captions_parser
+
+    add_refine_captions_parser(commands)
     return parser
 
 

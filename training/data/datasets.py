@@ -117,9 +117,9 @@ def pair_cases(path: str | os.PathLike, captions: str = "raw", organ: str | None
     """Image-caption pairs from a CSV (header) or JSONL file.
 
     Fields: ``image`` (path, relative to the file's folder), ``caption`` (raw text) and, for
-    ``captions="refined"``, ``refined_caption`` (the LLM-refined text, for example written by
-    ``sonovlm refine-prompts``); optional ``split`` (``train``/``val``; rows without one are
-    train) and ``organ``.
+    ``captions="refined"``, ``refined_caption`` (the LLM-refined text, written by ``python -m
+    training refine-captions``; the released v1 files' ``refined`` column is read as it);
+    optional ``split`` (``train``/``val``; rows without one are train) and ``organ``.
     """
     path = Path(path)
     if captions not in ("raw", "refined"):
@@ -140,11 +140,13 @@ def pair_cases(path: str | os.PathLike, captions: str = "raw", organ: str | None
     column = "caption" if captions == "raw" else "refined_caption"
     cases = []
     for row_no, row in enumerate(rows, start=1):
+        if column == "refined_caption" and "refined_caption" not in row and "refined" in row:
+            row = {**row, "refined_caption": row["refined"]}  # the authors' released v1 files
         text = str(row.get(column) or "").strip()
         if not row.get("image"):
             raise SonoInputError(path, f"row {row_no}: no image")
         if not text:
-            hint = " (make refined captions with `sonovlm refine-prompts`)" if captions == "refined" else ""
+            hint = " (make them with `python -m training refine-captions`)" if captions == "refined" else ""
             raise SonoInputError(path, f"row {row_no}: empty {column}{hint}")
         image = path.parent / str(row["image"])
         if not image.is_file():
