@@ -94,3 +94,26 @@ def test_bad_prompts_raise_with_the_servers_message(client, cine):
     with pytest.raises(SonoVLMClientError) as caught:
         client.propagate(file=cine, foreground=[[40, 30, 3]], last_frame=2)
     assert caught.value.status == 422 and "seed frame" in caught.value.message
+
+
+def test_propagation_progress_is_read_while_it_runs_and_it_can_be_cancelled(client, tmp_path):
+    """Issue 15 item 6: the frames done so far come from the server while the job runs."""
+    long_cine = str(cine_us_dicom(tmp_path / "long.dcm", n_frames=120, rows=ROWS, cols=COLS, seed=4))
+    path, status = client.propagate_start(file=long_cine, foreground=[[40, 30, 60]], organ="lymph_node")
+    assert path is None and status["state"] == "running"
+    seen = []
+    while path is None:
+        seen.append(status["frames_done"])
+        path, status = client.propagate_poll(None, status["job"])
+    assert seen == sorted(seen) and any(0 < done < 120 for done in seen), seen
+    assert status["state"] == "done" and len(status["confidence"]) == 120
+    assert nrrd.read(path)[0].shape == (COLS, ROWS, 120)
+
+    _, status = client.propagate_start(file=long_cine, foreground=[[40, 30, 60]])
+    _, status = client.propagate_poll(None, status["job"], cancel=True)
+    while status["state"] == "cancelling":
+        _, status = client.propagate_poll(None, status["job"])
+    assert status["state"] == "cancelled" and status["frames_done"] < 120
+    with pytest.raises(SonoVLMClientError) as gone:
+        client.propagate_poll(None, status["job"])
+    assert gone.value.status == 404

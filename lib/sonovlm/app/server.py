@@ -254,19 +254,23 @@ class SonoVLMServer(MONAILabelApp):
         datastore = datastore or self.datastore()
         image = request.get("image")
         request = dict(request)
+        if request["model"] == "propagate" and "job" in request:
+            # A poll: no image is read. ``image`` is the job's image id, or ``job:JOB`` for a job
+            # on an uploaded file (MONAI Label's route wants an image argument).
+            if isinstance(image, str) and image and not image.startswith("job:"):
+                request["image_id"] = image
+            return self.propagations.poll(request)
         if isinstance(image, str) and image:
             if isinstance(datastore, _DATASTORES) and datastore.has_image(image):
                 request["image_id"] = image
             elif not os.path.isfile(image):
                 raise not_found(f"image {image!r} is not in the datastore")
-        if request["model"] == "propagate" and ("job" in request or "as_job" in request):
-            return self._propagation_job(request, datastore)
+        if request["model"] == "propagate" and "as_job" in request:
+            return self._start_propagation_job(request, datastore)
         return super().infer(request, datastore)
 
-    def _propagation_job(self, request: dict[str, Any], datastore) -> dict[str, Any]:
-        """``as_job``/``job`` params of ``propagate``: start or read a job (:mod:`.jobs`)."""
-        if "job" in request:
-            return self.propagations.poll(request)
+    def _start_propagation_job(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        """``"as_job": true`` on ``propagate``: run it as a job a client polls (:mod:`.jobs`)."""
         as_job = request.pop("as_job")
         if not isinstance(as_job, bool):
             raise bad_input("params.as_job", f"must be true or false, not {as_job!r}")

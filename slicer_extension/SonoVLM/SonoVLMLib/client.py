@@ -13,7 +13,9 @@ The server contract (MONAI Label 0.8.5 endpoints, SonoVLM app):
   when ``ID`` is taken unless ``params`` says ``"replace": true``;
   ``GET /datastore/image?image=ID`` (the file).
 * ``POST /infer/{model}?image=ID`` (multipart: ``params`` JSON and an optional ``file``); the
-  reply is multipart (``params`` JSON and the mask file) or JSON only.
+  reply is multipart (``params`` JSON and the mask file) or JSON only. ``propagate`` runs as a
+  job: params ``"as_job": true`` start it, ``{"job": JOB}`` polls it (JSON status while it
+  runs, then the result), ``{"job": JOB, "cancel": true}`` stops it.
 * ``PUT /datastore/label?image=ID&tag=final`` (multipart: ``params`` JSON and ``label``).
 * ``POST /train/{model}`` with the train params as JSON body (never ``run_sync``: that trains
   inside the server and blocks every other request); ``GET /train/``; ``DELETE /train/``.
@@ -32,6 +34,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,6 +46,10 @@ SEGMENTATION_MODEL = "segmentation"
 CLASSIFICATION_MODEL = "classification"
 INTERACTIVE_MODEL = "interactive"
 PROPAGATE_MODEL = "propagate"
+
+#: States of a propagation job that is still working, and the seconds between two polls.
+PROPAGATION_RUNNING = ("running", "cancelling")
+PROPAGATION_POLL_S = 0.25
 
 #: Active-learning strategies of the SonoVLM app.
 STRATEGIES = ("diversity", "uncertainty", "random", "first")
@@ -363,11 +370,59 @@ class SonoVLMClient:
         ``first_frame..last_frame``) and ``result["confidence"]`` per frame (``None`` outside the
         range), ``result["review_first"]`` the frames weakest first.
         """
+        path, reply = self.propagate_start(image_id, file, seed_mask, first_frame, last_frame, **prompts)
+        while path is None and reply.get("state") in PROPAGATION_RUNNING:
+            time.sleep(PROPAGATION_POLL_S)
+            path, reply = self.propagate_poll(image_id, reply["job"])
+        _check_propagation_done(reply)
+        return path, reply
+
+    def propagate_start(
+        self,
+        image_id: str | None = None,
+        file: str | None = None,
+        seed_mask: str | None = None,
+        first_frame: int | None = None,
+        last_frame: int | None = None,
+        **prompts: Any,
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Start :meth:`propagate` as a job on the server (params ``"as_job": true``).
+
+        Returns ``(None, status)`` with ``status["job"]``, ``"state": "running"``,
+        ``frames_done`` / ``frames_total``; poll it with :meth:`propagate_poll`. A server that
+        answers at once (no jobs) gives the finished ``(labelmap_path, result)`` instead.
+        """
         params = interaction_params(**prompts)
         for name, value in (("first_frame", first_frame), ("last_frame", last_frame)):
             if value is not None:
                 params[name] = _checked_frame(value)
+        params["as_job"] = True
         return self._infer(PROPAGATE_MODEL, image_id, file, params, label=seed_mask)
+
+    def propagate_poll(
+        self, image_id: str | None, job: str, cancel: bool = False
+    ) -> tuple[str | None, dict[str, Any]]:
+        """How far propagation ``job`` has got: ``(None, status)`` while it runs (``frames_done``
+        of ``frames_total``, ``frames`` and ``confidence`` so far), then once its result as
+        :meth:`propagate` returns it (the server then forgets the job). A job that failed raises
+        its error (:class:`SonoVLMClientError` with the server's status); ``cancel`` stops it after
+        the frame being segmented (the status then says ``cancelling`` / ``cancelled``).
+        """
+        params: dict[str, Any] = {"job": str(job)}
+        if cancel:
+            params["cancel"] = True
+        query = {"image": image_id} if image_id else {}
+        if self.client_id:
+            params["client_id"] = self.client_id
+        # A job of an uploaded file has no image id; MONAI Label still wants an image argument.
+        query.setdefault("image", f"job:{job}")
+        status, headers, body = self._request(
+            "POST", f"/infer/{_quote(PROPAGATE_MODEL)}", query=query, fields={"params": json.dumps(params)}
+        )
+        content_type = headers.get("Content-Type", "")
+        if content_type.startswith("multipart/"):
+            return self._multipart_result(content_type, body)
+        return None, _decode_json(status, body)
 
     def classify(
         self,
@@ -615,3 +670,9 @@ def _write_file(directory: str, name: str, data: bytes) -> str:
     with open(path, "wb") as handle:
         handle.write(data)
     return path
+
+
+def _check_propagation_done(reply: dict[str, Any]) -> None:
+    """A propagation reply that is not a result (a cancelled job) is an error."""
+    if reply.get("state") == "cancelled":
+        raise SonoVLMClientError(200, f"propagation job {reply.get('job')} was cancelled")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .client import SonoVLMClient, SonoVLMClientError
+from .client import PROPAGATION_POLL_S, PROPAGATION_RUNNING, SonoVLMClient, SonoVLMClientError
 from .interaction import (
     ContourHistory,
     ContourSnapshot,
@@ -358,7 +360,7 @@ class AnnotationSession:
         seed_path = self._current_contour_file(case, organ)
         report(0, total, f"Propagating from frame {prompts.frame} on the server")
         try:
-            labelmap_path, result = yield lambda: self.client.propagate(
+            labelmap_path, result = yield lambda: self.client.propagate_start(
                 image_id=image_id,
                 seed_mask=seed_path,
                 first_frame=first_frame,
@@ -370,6 +372,21 @@ class AnnotationSession:
         finally:
             if seed_path is not None:
                 os.remove(seed_path)
+        job = result.get("job") if labelmap_path is None else None
+        try:
+            # The server's own per-frame progress, polled off the GUI thread.
+            while labelmap_path is None and result.get("state") in PROPAGATION_RUNNING:
+                if result.get("frames_total"):
+                    total = int(result["frames_total"]) + 1
+                    done = int(result.get("frames_done") or 0)
+                    report(done, total, f"Propagating: {done} of {total - 1} frames segmented")
+                labelmap_path, result = yield lambda: self._poll_propagation(image_id, job)
+            job = None
+        finally:
+            if job is not None:  # cancelled or failed here: stop the server's work too
+                self._cancel_propagation(image_id, job)
+        if result.get("state") == "cancelled":
+            raise ValueError(f"the propagation of {image_id} was cancelled on the server")
         if labelmap_path is None:
             raise ValueError(f"the server sent no labelmap for {image_id} (reply: {result!r})")
         try:
@@ -378,7 +395,7 @@ class AnnotationSession:
             os.remove(labelmap_path)
         segmented_organ = self._known_organ(result, organ)
         review = review_order(result)
-        report(1, total, "Reading the frames' contours")
+        report(total - 1, total, "Reading the frames' contours")
         segmented = range(
             int(result.get("first_frame", 0)), int(result.get("last_frame", case.frames - 1)) + 1
         )
@@ -387,6 +404,21 @@ class AnnotationSession:
         report(total, total, f"{len(review)} frames segmented")
         self.update_measurements(case, segment_id)
         return PropagationOutcome(segment_id, segmented_organ, review, result)
+
+    def _poll_propagation(self, image_id: str, job: str) -> tuple[str | None, dict]:
+        time.sleep(PROPAGATION_POLL_S)
+        return self.client.propagate_poll(image_id, job)
+
+    def _cancel_propagation(self, image_id: str, job: str) -> None:
+        """Ask the server to stop job ``job``, on a thread of its own (this may be the GUI thread)."""
+
+        def cancel() -> None:
+            try:
+                self.client.propagate_poll(image_id, job, cancel=True)
+            except SonoVLMClientError:
+                pass  # it had ended, or the server is gone: nothing left to stop
+
+        threading.Thread(target=cancel, daemon=True, name="SonoVLM cancel").start()
 
     def _interact(self, case: UltrasoundCase, prompts: Prompts, organ: str, prompt: str | None) -> Steps:
         """One ``interactive`` request with ``prompts`` and the current contour; the reply replaces
