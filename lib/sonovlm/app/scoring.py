@@ -105,6 +105,10 @@ class ScoringJob:
     """``(image_id, labelled) -> (uncertainty or None, embedding)``; runs the model."""
 
 
+#: Seconds between two progress lines of a scoring pass in the server log.
+PROGRESS_LOG_S = 10.0
+
+
 class BackgroundScorer:
     """Recomputes scores in a daemon thread, ``delay_s`` after the last :meth:`schedule` call."""
 
@@ -116,6 +120,7 @@ class BackgroundScorer:
         self._cond = threading.Condition()
         self._state = "idle"
         self._last_error: str | None = None
+        self._progress: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._run, name="sonovlm-scoring", daemon=True)
         self._thread.start()
 
@@ -129,8 +134,10 @@ class BackgroundScorer:
             self._cond.notify_all()
 
     def status(self) -> dict[str, Any]:
+        """``state`` (idle/pending/running), ``last_error``, and the pass in progress or last done:
+        ``images_done`` of ``images_total``, ``model_version``, ``elapsed_s``."""
         with self._cond:
-            return {"state": self._state, "last_error": self._last_error}
+            return {"state": self._state, "last_error": self._last_error, **self._progress}
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no pass is pending or running (for tests and the benchmark)."""
@@ -165,7 +172,20 @@ class BackgroundScorer:
         uncertainty: dict[str, float] = {}
         embeddings: dict[str, np.ndarray] = {}
         start = time.monotonic()
-        for image_id, labelled in self.job.images():
+        images = list(self.job.images())
+        logged = start
+        for done, (image_id, labelled) in enumerate(images):
+            now = time.monotonic()
+            with self._cond:
+                self._progress = {
+                    "images_done": done,
+                    "images_total": len(images),
+                    "model_version": version,
+                    "elapsed_s": round(now - start, 1),
+                }
+            if now - logged >= PROGRESS_LOG_S:
+                logger.info("Scoring for model %s: %d of %d images", version, done, len(images))
+                logged = now
             if self.job.model_version() != version:
                 logger.info("Model changed during scoring of %s; starting over", version)
                 self.schedule("model changed during scoring")
@@ -179,6 +199,13 @@ class BackgroundScorer:
             if score is not None:
                 uncertainty[image_id] = float(score)
         self.store.write(version, uncertainty, embeddings)
+        with self._cond:
+            self._progress = {
+                "images_done": len(images),
+                "images_total": len(images),
+                "model_version": version,
+                "elapsed_s": round(time.monotonic() - start, 1),
+            }
         logger.info(
             "Scored %d images (%d uncertainty) for model %s in %.1f s",
             len(embeddings),

@@ -64,3 +64,29 @@ def test_a_failing_image_is_skipped(tmp_path):
     scorer.schedule("test")
     assert scorer.wait_idle(10)
     assert store.uncertainty("v") == {"good": 0.1}
+
+
+def test_a_pass_reports_its_progress_while_it_runs(tmp_path):
+    """Issue 15 item 6: ``status()`` (shown in /info) says how far a scoring pass has got."""
+    gate, reached = threading.Event(), threading.Event()
+
+    def score_image(image_id, labelled):
+        if image_id == "c":
+            reached.set()
+            gate.wait(10)
+        return 0.5, np.ones(2)
+
+    job = ScoringJob(
+        lambda: "v", lambda: [("a", False), ("b", False), ("c", False), ("d", True)], score_image
+    )
+    scorer = BackgroundScorer(ScoreStore(tmp_path), job, delay_s=0.0)
+    assert "images_done" not in scorer.status()
+    scorer.schedule("test")
+    assert reached.wait(10)
+    status = scorer.status()
+    assert status["state"] == "running" and (status["images_done"], status["images_total"]) == (2, 4)
+    assert status["model_version"] == "v"
+    gate.set()
+    assert scorer.wait_idle(10)
+    status = scorer.status()
+    assert status["state"] == "idle" and (status["images_done"], status["images_total"]) == (4, 4)
