@@ -144,5 +144,5 @@ def test_pairs_csv_jsonl_and_refined(pairs_file, tmp_path):
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text(json.dumps({"image": str(raw[0].image), "caption": "a thyroid nodule"}) + "\n")
     assert pair_cases(jsonl)[0].caption == "a thyroid nodule"
-    with pytest.raises(SonoInputError, match="refine-prompts"):
+    with pytest.raises(SonoInputError, match="refine-captions"):
         pair_cases(jsonl, "refined")
