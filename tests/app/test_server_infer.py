@@ -15,6 +15,7 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 from PIL import Image
+from sonovlm.app.infer import single_lesion
 from sonovlm.io import load_image
 from sonovlm.model import Predictor, load_model
 
@@ -199,7 +200,19 @@ def test_mask_geometry(client, studies, extension):
         and not np.array_equal(expected, expected[::-1])
         and not np.array_equal(expected, expected[:, ::-1])
     )
-    np.testing.assert_array_equal(mask, expected)
+    # The mask sent is the lesion measured: largest component, holes filled (issue 15 item 2).
+    np.testing.assert_array_equal(mask, single_lesion(expected, 1))
+    assert result["single_lesion"] is True and result["lesion_pixels"] == int((mask != 0).sum())
+    if result["measurements"]:
+        assert result["measurements"]["area_px"] == result["lesion_pixels"]
+    if extension == ".png":  # multi-focal: the model's every component, as predicted
+        raw_path, raw = client.infer(
+            "segmentation",
+            "geo_001",
+            {"organ": "lymph_node", "result_extension": ".png", "single_lesion": False},
+        )
+        np.testing.assert_array_equal(read_slicer_mask(raw_path)[0], expected)
+        assert raw["single_lesion"] is False
 
 
 def test_classification(client, studies):
