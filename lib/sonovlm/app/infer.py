@@ -14,7 +14,9 @@ Request params (MONAI Label merges the ``params`` form field into the request): 
 (``auto`` = the image's recorded organ, else ``lymph_node``), ``prompt`` (free text replacing the
 organ's prompt), ``frame`` (0-based; default the middle frame), ``result_extension``
 (``.nrrd``, ``.nii.gz`` or ``.png``), ``measure`` (default true; false leaves ``measurements``
-null — SonoVLM's Slicer extension measures the segment itself, so its clicks skip this work).
+null — SonoVLM's Slicer extension measures the segment itself, so its clicks skip this work),
+``single_lesion`` (default true: the mask is the largest connected lesion with its holes filled,
+the one the measurements describe; false sends every component, for multi-focal disease).
 """
 
 from __future__ import annotations
@@ -150,17 +152,51 @@ def slicer_mask_spacing(image: Any) -> tuple[float, float] | None:
     return float(spacing[0]), float(spacing[1])
 
 
-def wants_measurements(request: dict[str, Any]) -> bool:
-    """The request's ``measure`` param (default true): a bool or ``"true"``/``"false"``."""
-    value = _first(request.get("measure", True))
+def _bool_param(request: dict[str, Any], name: str, default: bool) -> bool:
+    """A true/false request param: a bool or ``"true"``/``"false"``; absent or blank is ``default``."""
+    value = _first(request.get(name, default))
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("", "true", "1", "yes"):
+    if text == "":
+        return default
+    if text in ("true", "1", "yes"):
         return True
     if text in ("false", "0", "no"):
         return False
-    raise SonoInputError("measure", f"expected true or false, got {value!r}")
+    raise SonoInputError(name, f"expected true or false, got {value!r}")
+
+
+def wants_measurements(request: dict[str, Any]) -> bool:
+    """The request's ``measure`` param (default true)."""
+    return _bool_param(request, "measure", True)
+
+
+def wants_single_lesion(request: dict[str, Any]) -> bool:
+    """The request's ``single_lesion`` param (default true; false for multi-focal disease)."""
+    return _bool_param(request, "single_lesion", True)
+
+
+def single_lesion(mask: np.ndarray, label: int) -> np.ndarray:
+    """The lesion that :func:`sonovlm.measure.measure_lesion` measures, as the served mask.
+
+    MONAI's ``KeepLargestConnectedComponent`` (8-connected, as the measurement) then ``FillHoles``
+    (background 4-connected, as ``scipy.ndimage.binary_fill_holes``) on the ``label`` pixels of a
+    ``(rows, cols)`` mask; returns a ``(rows, cols)`` uint8 mask of 0 and ``label``. Measuring the
+    result gives its own area: the contour shown is the one whose size is reported.
+    """
+    from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent
+
+    if not mask.any():
+        return mask.astype(np.uint8)
+    post = Compose(
+        [
+            KeepLargestConnectedComponent(applied_labels=[label], is_onehot=False, connectivity=2),
+            FillHoles(applied_labels=[label], connectivity=1),
+        ]
+    )
+    channel_first = np.where(mask != 0, label, 0).astype(np.uint8)[None]
+    return np.asarray(post(channel_first))[0].astype(np.uint8)
 
 
 def lesion_measurements(image: Any, mask: np.ndarray) -> dict[str, Any] | None:
@@ -274,7 +310,7 @@ class SegmentationTask(_SonoInferTask):
             type=InferType.SEGMENTATION,
             labels=dict(ORGAN_LABELS),
             description="Lesion segmentation (lymph node, breast, thyroid), prompted by organ or text",
-            config=segmentation_config(),
+            config={**segmentation_config(), "single_lesion": True},
         )
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):
@@ -287,7 +323,12 @@ class SegmentationTask(_SonoInferTask):
         if mask.shape != (image.height, image.width):
             raise RuntimeError(f"model returned a {mask.shape} mask for a {image.height}x{image.width} frame")
         mask = restrict_to_imaging_area(mask, image.imaging_bbox())
-        data["pred"] = np.where(mask != 0, organ_label(request.organ), 0).astype(np.uint8)
+        label = organ_label(request.organ)
+        data["pred"] = np.where(mask != 0, label, 0).astype(np.uint8)
+        with input_errors_as_http():
+            data["single_lesion"] = wants_single_lesion(data)
+        if data["single_lesion"]:
+            data["pred"] = single_lesion(data["pred"], label)
         data["confidence"] = float(result.confidence)
         return data
 
@@ -319,6 +360,7 @@ class SegmentationTask(_SonoInferTask):
             "label": organ_label(request.organ),
             "confidence": data["confidence"],
             "lesion_pixels": int((mask != 0).sum()),
+            "single_lesion": data["single_lesion"],
             "measurements": measurements,
             "model_version": data["model_version"],
             "frame": request.frame,
