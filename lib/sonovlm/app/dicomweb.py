@@ -841,18 +841,52 @@ class DICOMwebUltrasoundDatastore(Datastore):
 
         ext = label_extension(label)
         rel = f"labels/{tag}/{image_id}{ext}"
-        if tag == DefaultLabelTag.FINAL.value:
-            record.update(self._store_seg(image_path, image_id, label, record))
-        write_atomic(self.cache_dir / rel, lambda tmp: write_label(tmp, label, image.spacing_mm), suffix=ext)
+        try:  # the local copy first: a disk error before anything reached the PACS changes nothing
+            staged = self.cache_dir / "labels" / tag / f".{image_id}.staged{ext}"
+            write_atomic(staged, lambda tmp: write_label(tmp, label, image.spacing_mm), suffix=ext)
+        except OSError as exc:
+            raise _disk_error(tag, image_id, self.cache_dir, exc, "nothing was changed") from exc
+        try:
+            if tag == DefaultLabelTag.FINAL.value:
+                record.update(self._store_seg(image_path, image_id, label, record))
+        except OSError as exc:  # the SEG could not be written to the outbox: not sent
+            staged.unlink(missing_ok=True)
+            raise _disk_error(tag, image_id, self.cache_dir, exc, "nothing was changed") from exc
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         record["file"], record["file_seg"] = rel, record.get("seg")
-        with self._locked():
-            self._read_index()
-            records = self._index["labels"].setdefault(tag, {})
-            record["history"] = _history(records.get(image_id))
-            records[image_id] = {
-                k: v for k, v in record.items() if k in LABEL_INFO_KEYS or k in _INTERNAL_KEYS
-            }
-            self._write_index()
+        try:
+            with self._locked():
+                self._read_index()
+                records = self._index["labels"].setdefault(tag, {})
+                previous = records.get(image_id)
+                record["history"] = _history(previous)
+                records[image_id] = {
+                    k: v for k, v in record.items() if k in LABEL_INFO_KEYS or k in _INTERNAL_KEYS
+                }
+                try:
+                    self._write_index()
+                except OSError:
+                    if previous is None:  # the previous record back in memory
+                        records.pop(image_id, None)
+                    else:
+                        records[image_id] = previous
+                    raise
+                os.replace(staged, self.cache_dir / rel)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            stored = record.get("pacs") == "stored"
+            raise _disk_error(
+                tag,
+                image_id,
+                self.cache_dir,
+                exc,
+                f"the PACS has the new label (SEG {record['seg']}); the local copy follows at its next "
+                "listing"
+                if stored
+                else "the previous label is kept",
+            ) from exc
         logger.info(
             "Saved %s label of %s by %s (PACS: %s)",
             tag,
@@ -908,6 +942,15 @@ class DICOMwebUltrasoundDatastore(Datastore):
             )
             return {**fields, "pacs": "pending", "outbox": outbox.name}
         outbox.unlink()
+        try:
+            self._index_seg(image_id, label, record, fields)
+        except OSError as exc:  # the SEG is in the PACS; the listing cache catches up at its next refresh
+            logger.error("SEG of %s stored, but the local index could not list it: %s", image_id, exc)
+        return {**fields, "pacs": "stored"}
+
+    def _index_seg(
+        self, image_id: str, label: CheckedLabel, record: dict[str, Any], fields: dict[str, str]
+    ) -> None:
         with self._locked():
             self._read_index()
             self._index["segs"][fields["seg"]] = {
@@ -921,7 +964,6 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 "series": fields["seg_series"],
             }
             self._write_index()
-        return {**fields, "pacs": "stored"}
 
     # -- what the SonoVLM app asks of a datastore (same contract as the local SonoDatastore) -------------
 
@@ -1044,6 +1086,14 @@ _INTERNAL_KEYS = (
     "history",
     "content_datetime",
 )
+
+
+def _disk_error(tag: str, image_id: str, folder: Path, exc: OSError, outcome: str) -> HTTPException:
+    """503 for a label the local disk refused (read-only, full), as the local datastore answers."""
+    return HTTPException(
+        status_code=503,
+        detail=f"cannot store the {tag} label of {image_id!r} in {folder}: {exc.strerror or exc}; {outcome}",
+    )
 
 
 def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -312,3 +312,33 @@ def test_an_instance_the_pacs_has_is_409_and_is_never_replaced_through_sonovlm(p
     new_uid = str(pydicom.dcmread(fresh, stop_before_pixels=True).SOPInstanceUID)
     assert store.add_image("ignored", str(fresh), {"replace": False, "organ": "thyroid_nodule"}) == new_uid
     assert store.has_image(new_uid) and store.get_image_info(new_uid)["organ"] == "thyroid_nodule"
+
+
+@pytest.mark.parametrize("refused", ["write_atomic", "write_json_atomic"])  # label cache / index
+def test_a_full_cache_disk_is_503_and_keeps_the_previous_label(pacs, tmp_path, monkeypatch, refused):
+    """Issue 15 item 5: the PACS datastore fails like the local one (503, previous label kept)."""
+    import sonovlm.app.dicomweb as module
+
+    store = datastore(pacs.url, tmp_path / "cache")
+    uid = pacs.uid("examples_rgb_color.dcm")
+    first = write_png(tmp_path / "first.png", lesion_mask(240, 320))
+    store.save_label(uid, first, "final", {"organ": "thyroid_nodule", "pathology": "malignant"})
+    before = store.get_label_info(uid, "final")
+    cached = Path(store.get_label_uri(uid, "final")).read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, refused, full_disk)
+    second = write_png(tmp_path / "second.png", lesion_mask(240, 320)[::-1].copy())
+    with pytest.raises(HTTPException) as err:
+        store.save_label(uid, second, "final", {"organ": "thyroid_nodule", "pathology": "benign"})
+    assert err.value.status_code == 503 and "No space left on device" in err.value.detail
+    monkeypatch.undo()
+    assert store.get_label_info(uid, "final") == before
+    assert Path(store.get_label_uri(uid, "final")).read_bytes() == cached
+    assert not list((tmp_path / "cache" / "labels" / "final").glob(".*staged*"))
+    if refused == "write_atomic":  # refused before anything was sent
+        assert "nothing was changed" in err.value.detail and len(pacs.segs()) == 1
+    else:  # the PACS took the SEG before the index write failed: the reply says so
+        assert "the PACS has the new label" in err.value.detail and len(pacs.segs()) == 2
