@@ -360,7 +360,7 @@ class SegmentationTask(_SonoInferTask):
             "label": organ_label(request.organ),
             "confidence": data["confidence"],
             "lesion_pixels": int((mask != 0).sum()),
-            "single_lesion": data["single_lesion"],
+            "single_lesion": data.get("single_lesion", False),  # interactive: the mask as refined
             "measurements": measurements,
             "model_version": data["model_version"],
             "frame": request.frame,
