@@ -319,6 +319,7 @@ class SegmentationTask(_SonoInferTask):
         with self.registry.inference() as predictor:
             result = predictor.segment(image, request.organ, prompt=request.prompt, frame=request.frame)
             data["model_version"] = predictor.model_version
+            data["model_card"] = predictor.model_card
         mask = np.asarray(result.mask).astype(np.uint8)
         if mask.shape != (image.height, image.width):
             raise RuntimeError(f"model returned a {mask.shape} mask for a {image.height}x{image.width} frame")
@@ -363,6 +364,7 @@ class SegmentationTask(_SonoInferTask):
             "single_lesion": data.get("single_lesion", False),  # interactive: the mask as refined
             "measurements": measurements,
             "model_version": data["model_version"],
+            "model_card": data["model_card"],
             "frame": request.frame,
             "n_frames": image.n_frames,
             "rows": image.height,
@@ -395,6 +397,7 @@ class ClassificationTask(_SonoInferTask):
         with self.registry.inference() as predictor:
             data["pred"] = predictor.classify(data["sono_image"], request.organ, frame=request.frame)
             data["model_version"] = predictor.model_version
+            data["model_card"] = predictor.model_card
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[None, dict[str, Any]]:
@@ -411,6 +414,7 @@ class ClassificationTask(_SonoInferTask):
             "prompts": result.prompts,
             "zero_shot_only": bool(result.zero_shot_only),
             "model_version": data["model_version"],
+            "model_card": data["model_card"],
             "frame": request.frame,
         }
         self._remember(data, "classification", {**reply, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -219,6 +219,7 @@ class InteractiveTask(SegmentationTask):
                 image, request.organ, prompts.interaction, prompt=request.prompt, frame=request.frame
             )
             data["model_version"] = predictor.model_version
+            data["model_card"] = predictor.model_card
             data["interaction_trained"] = predictor.model.seg_head.interaction.is_trained
         mask = restrict_to_imaging_area(np.asarray(result.mask).astype(np.uint8), image.imaging_bbox())
         data["pred"] = np.where(mask != 0, organ_label(request.organ), 0).astype(np.uint8)

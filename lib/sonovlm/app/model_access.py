@@ -134,14 +134,15 @@ def prepare(path: str | os.PathLike, config: AppConfig, device: str, served: Any
 
     def activate() -> Any:
         backup = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
-        previous_version = model.config.version
+        previous_version, previous_card = model.config.version, model.model_card
         try:
             model.load_trainable_state_dict(state)
             model.config.version = version
+            model.model_card = metadata["model_card"]
             model.eval()
         except BaseException:
             model.load_trainable_state_dict(backup)
-            model.config.version = previous_version
+            model.config.version, model.model_card = previous_version, previous_card
             raise
         return Predictor(model, device)
 
@@ -166,6 +167,8 @@ def describe(predictor: Any) -> dict[str, Any]:
         "backbone_untrained": bool(info.get("untrained")),
         "adapter": info["adapter"],
         "prompt_bank": info.get("prompt_bank"),
+        # What the weights are for and learnt from (the demo model: simulated phantoms, not clinical).
+        "model_card": info.get("model_card"),
     }
 
 

@@ -146,6 +146,7 @@ class PropagateTask(InteractiveTask):
                 on_frame=on_frame if job is not None else None,
             )
             data["model_version"] = predictor.model_version
+            data["model_card"] = predictor.model_card
         masks = np.zeros((image.n_frames, image.height, image.width), np.uint8)
         confidence: list[float | None] = [None] * image.n_frames
         for result in results:
@@ -182,6 +183,7 @@ class PropagateTask(InteractiveTask):
             "lesion_pixels": [int((m != 0).sum()) for m in masks],
             "review_first": sorted(segmented, key=lambda f: (confidence[f], f)),
             "model_version": data["model_version"],
+            "model_card": data["model_card"],
             "prompt": request.prompt,
             "result_extension": PROPAGATE_EXTENSION,
             "format": "NRRD labelmap (cols, rows, frames), frames as slices; zero outside first..last",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .adapters import AdapterConfig
 from .backbone import DEFAULT_BACKBONE, PRESETS, Backbone, load_backbone
-from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint, set_checkpoint_card
 from .heads import ClassificationHead, HeadConfig, SegmentationHead, classification_loss, segmentation_loss
 from .inference import ClassificationResult, FrameFeatures, Predictor, SegmentationResult, load_model
 from .preprocess import FrameGeometry, PreprocessConfig, from_model_space, preprocess_frame, preprocess_pair
@@ -60,5 +60,6 @@ __all__ = [
     "preprocess_pair",
     "read_checkpoint_metadata",
     "save_checkpoint",
+    "set_checkpoint_card",
     "segmentation_loss",
 ]

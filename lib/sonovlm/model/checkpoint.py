@@ -11,7 +11,11 @@ safetensors metadata (string -> string) carries:
   blocks of that time, :func:`~sonovlm.model.heads.legacy_levels`);
 * ``backbone_info``: the backbone's info (``untrained`` for presets) and geometry, JSON;
 * ``prompt_bank``: the bank's texts (JSON), so class prompts reported later are the ones embedded;
-* ``version``, ``created`` (UTC, ISO 8601).
+* ``version``, ``created`` (UTC, ISO 8601);
+* optionally ``model_card``: JSON object saying what the model is and what it learnt from (for
+  example the demo model's ``{"name", "trained_on", "clinical_use": false, "notice"}``); it is
+  carried by every checkpoint saved from a model loaded with one, so a model retrained from the
+  demo still says where it came from.
 
 Writes are atomic: a temporary file in the same directory, fsync, then ``os.replace``; a reader sees
 the old checkpoint or the new one, never half of one.
@@ -48,8 +52,6 @@ def save_checkpoint(model: SonoVLM, path: str | os.PathLike) -> str:
     The version id is ``<UTC time>-<first 12 hex digits of the state's sha256>``; it is also set on
     ``model.config.version``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     created = _dt.datetime.now(_dt.UTC)
@@ -65,8 +67,18 @@ def save_checkpoint(model: SonoVLM, path: str | os.PathLike) -> str:
         "version": version,
         "created": created.isoformat(timespec="seconds"),
     }
+    if model.model_card:
+        metadata["model_card"] = json.dumps(model.model_card, ensure_ascii=False)
     state = model.trainable_state_dict()
     tensors = {key: tensor.detach().cpu().contiguous().clone() for key, tensor in state.items()}
+    _write_atomic(path, tensors, metadata)
+    model.config.version = version
+    return version
+
+
+def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
@@ -77,8 +89,26 @@ def save_checkpoint(model: SonoVLM, path: str | os.PathLike) -> str:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    model.config.version = version
-    return version
+
+
+def set_checkpoint_card(path: str | os.PathLike, card: dict[str, Any]) -> None:
+    """Write ``card`` as the ``model_card`` of the checkpoint at ``path`` (atomically; weights,
+    version and the rest of the metadata unchanged).
+
+    Raises:
+        SonoInputError: not a SonoVLM checkpoint, or ``card`` is not a JSON object with a ``name``.
+    """
+    from safetensors import safe_open
+
+    if not isinstance(card, dict) or not str(card.get("name", "")).strip():
+        raise SonoInputError("model_card", "must be a JSON object with a non-empty 'name'")
+    path = Path(path)
+    read_checkpoint_metadata(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    metadata["model_card"] = json.dumps(card, ensure_ascii=False)
+    _write_atomic(path, tensors, metadata)
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -111,6 +141,15 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
             parsed[key] = json.loads(metadata[key])
         except (KeyError, ValueError) as exc:
             raise SonoInputError(path, f"checkpoint metadata {key!r} missing or not JSON") from exc
+    if "model_card" in metadata:
+        try:
+            parsed["model_card"] = json.loads(metadata["model_card"])
+        except ValueError as exc:
+            raise SonoInputError(path, "checkpoint metadata 'model_card' is not JSON") from exc
+        if not isinstance(parsed["model_card"], dict):
+            raise SonoInputError(path, "checkpoint metadata 'model_card' is not a JSON object")
+    else:
+        parsed["model_card"] = None
     return parsed
 
 
@@ -175,6 +214,7 @@ def load_checkpoint(
     except ModelLoadError as exc:
         raise ModelLoadError(f"checkpoint {str(path)!r}: {exc}") from exc
     model.config.version = metadata["version"]
+    model.model_card = metadata["model_card"]
     if device is not None:
         model.to(device)
     model.eval()

@@ -214,6 +214,11 @@ class Predictor:
             self._cache.put(key, features)
             return features
 
+    @property
+    def model_card(self) -> dict[str, Any] | None:
+        """The served checkpoint's model card (what it is, what it learnt from), or None."""
+        return dict(self.model.model_card) if self.model.model_card else None
+
     def _check_version(self) -> None:
         """Drop the cached features when weights of another version were loaded into the model."""
         if self.model.config.version != self._config_version:

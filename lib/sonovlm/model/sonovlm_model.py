@@ -184,6 +184,8 @@ class SonoVLM(nn.Module):
         else:
             config.backbone = str(backbone.info["name"])  # what a checkpoint must reload
         self.backbone_info: dict[str, Any] = dict(backbone.info)
+        #: What the model is for and what it learnt from (a checkpoint's ``model_card``), or None.
+        self.model_card: dict[str, Any] | None = None
         self.clip = backbone.clip
         self.clip.requires_grad_(False)
         self.adapter_merged = False
@@ -485,6 +487,7 @@ class SonoVLM(nn.Module):
             "adapter": self.config.adapter.kind,
             "prompt_bank": self.prompt_bank.ident,
             "version": self.version,
+            "model_card": dict(self.model_card) if self.model_card else None,
             "levels": list(self.levels),
             "parameters": self.parameter_counts(),
             "preprocess": self.preprocess_config.to_dict(),

@@ -75,13 +75,17 @@ def case_plan(index: int) -> tuple[str, str, bool]:
     return _ORGANS[index % 3], PATHOLOGIES[(index // 3) % 2], (index + index // 6) % 2 == 0
 
 
-def write_sample_studies(directory: str | os.PathLike, count: int = 24, seed: int = 0) -> list[Case]:
+def write_sample_studies(
+    directory: str | os.PathLike, count: int = 24, seed: int = 0, label_every_case: bool = False
+) -> list[Case]:
     """Write ``count`` simulated cases into ``directory`` (created if absent).
 
     Args:
         directory: the studies folder; must not already hold studies (see the module docstring).
         count: number of cases, 1 .. 9999.
         seed: non-negative integer; the same seed gives byte-identical files.
+        label_every_case: write a final label for every case (a training set) instead of the
+            plan's half (a studies folder to annotate). Images are the same either way.
 
     Returns:
         The cases written, in id order.
@@ -101,6 +105,7 @@ def write_sample_studies(directory: str | os.PathLike, count: int = 24, seed: in
     cases: list[Case] = []
     for index in range(count):
         organ, pathology, labelled = case_plan(index)
+        labelled = labelled or label_every_case
         case_id = f"sample_{index + 1:0{width}d}"
         rng = np.random.default_rng([seed, index])
         image, mask, meta = simulate_case(rng, organ, pathology, annotation=case_id.upper())

@@ -113,3 +113,21 @@ def test_unloadable_backbone_fails(tmp_path):
 def test_warm_up_runs(setup):
     _, _, registry = setup
     assert registry.warm_up() > 0
+
+
+def test_served_model_card_follows_the_published_checkpoint(setup):
+    _, store, registry = setup
+    assert registry.predictor.model_card is None and registry.info()["model_card"] is None
+    card = {"name": "phantom-demo", "clinical_use": False}
+
+    def save_with_card(path):
+        model = trained_variant(3)
+        model.model_card = card
+        return save_checkpoint(model, path)
+
+    store.publish(save_with_card, source="test")
+    assert registry.refresh() is True
+    assert registry.predictor.model_card == card and registry.info()["model_card"] == card
+    store.publish(lambda p: save_checkpoint(trained_variant(4), p), source="test")  # loaded in place
+    registry.refresh()
+    assert registry.predictor.model_card is None and registry.info()["model_card"] is None
