@@ -11,6 +11,9 @@ Names :func:`load_backbone` understands:
   - ``tiny``: 4 vision blocks of width 32 on 64 px images (patch 8), 2 text blocks of width 32, but
     the real 49,408-token CLIP vocabulary with end-of-text id 49,407, so real token ids and
     end-of-text pooling work. Runs in milliseconds; for tests and offline smoke runs.
+  - ``small``: the ``tiny`` text tower with 4 vision blocks of width 64 on 160 px images (patch
+    8, a 20 x 20 token grid): the backbone of the shipped demo model (phantoms only), fine
+    enough for lesions a few tokens across, fast on a CPU.
   - ``vit-b16``: exactly the ViT-B/16 geometry (vision 12 blocks, width 768, patch 16, 224 px;
     text 12 blocks, width 512; projection 512). For benchmarks and size checks.
 
@@ -72,6 +75,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_hidden_layers": 4,
             "num_attention_heads": 2,
             "image_size": 64,
+            "patch_size": 8,
+            "projection_dim": 32,
+        },
+    },
+    "small": {
+        "projection_dim": 32,
+        "text_config": {
+            **_TEXT_SPECIALS,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "projection_dim": 32,
+        },
+        "vision_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 160,
             "patch_size": 8,
             "projection_dim": 32,
         },
@@ -186,7 +209,28 @@ def build_preset(name: str, seed: int = PRESET_SEED) -> Backbone:
     clip.eval()
     info = {"name": name, "untrained": True, "source": "preset", "seed": seed, "tokenizer": "clip"}
     info.update(geometry_info(clip))
+    info["weights_fingerprint"] = preset_fingerprint(clip)
     return Backbone(clip=clip, info=info)
+
+
+def preset_fingerprint(clip: CLIPModel) -> str:
+    """16 hex digits of sha256 over the patch embedding and the first vision block's weights.
+
+    A preset's random weights come from torch's and transformers' initialisers: another version of
+    either can draw other weights from the same seed, and a checkpoint trained on the first draw
+    (the shipped demo model) would be served on a backbone it never saw. Checkpoints record this
+    fingerprint and :func:`~sonovlm.model.checkpoint.load_checkpoint` refuses a mismatch.
+    """
+    import hashlib
+
+    vision = clip.vision_model
+    digest = hashlib.sha256()
+    for tensor in (
+        vision.embeddings.patch_embedding.weight,
+        *(p for _, p in sorted(vision.encoder.layers[0].named_parameters())),
+    ):
+        digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_backbone(name: str | os.PathLike | None = None) -> Backbone:

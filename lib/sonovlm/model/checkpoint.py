@@ -201,6 +201,14 @@ def load_checkpoint(
             f"{loaded.info.get('name')!r} has a different geometry ({details})"
         )
 
+    drawn, now = recorded.get("weights_fingerprint"), loaded.info.get("weights_fingerprint")
+    if drawn and now and drawn != now:
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} was trained on preset {recorded.get('name')!r} with random weights "
+            f"{drawn}, but this torch/transformers draws {now} from the same seed (another version than "
+            "the lock's?); install requirements/lock.txt or retrain (python -m training demo-model)"
+        )
+
     if not levels_recorded:
         # Saved before checkpoints recorded the head's blocks: it was trained on the old rule's.
         config.heads = replace(config.heads, levels=legacy_levels(loaded.vision_layers))

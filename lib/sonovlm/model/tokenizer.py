@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 #: CLIP's text context, start and end tokens included.
 CONTEXT_LENGTH = 77
 #: Names that select the tokenizer shipped in the package (the weightless backbone presets use it).
-PACKAGED_TOKENIZER_NAMES: tuple[str, ...] = ("clip", "tiny", "vit-b16")
+PACKAGED_TOKENIZER_NAMES: tuple[str, ...] = ("clip", "tiny", "small", "vit-b16")
 
 
 def packaged_tokenizer_dir() -> Path:

@@ -249,3 +249,17 @@ def test_model_card_that_is_not_a_json_object_is_an_input_error(tmp_path):
     save_file(tensors, str(path), metadata={**metadata, "model_card": '["a list"]'})
     with pytest.raises(SonoInputError, match="not a JSON object"):
         read_checkpoint_metadata(path)
+
+
+def test_preset_drawn_by_another_version_is_refused(tmp_path, monkeypatch):
+    """A checkpoint trained on a preset's random draw is never served on another draw."""
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(_trained("mona"), path)
+    assert read_checkpoint_metadata(path)["backbone_info"]["weights_fingerprint"]
+    load_checkpoint(path)  # same draw: loads
+    from sonovlm.model import backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "PRESET_SEED", 7)
+    monkeypatch.setattr(backbone_module.build_preset, "__defaults__", (7,))  # another "version"
+    with pytest.raises(ModelLoadError, match="random weights .* draws"):
+        load_checkpoint(path)
