@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # Start the SonoVLM MONAI Label server on the sample studies, in the foreground (Ctrl-C stops it).
-# Called by `make demo` as: bash scripts/demo.sh PY SAMPLE_DIR HOST PORT BACKBONE
+# Called by `make demo` as: bash scripts/demo.sh PY SAMPLE_DIR HOST PORT WEIGHTS BACKBONE
 #   PY          the venv's python (the venv's `monailabel` script runs whatever python is on PATH)
 #   SAMPLE_DIR  studies folder (`sonovlm sample-data` output)
 #   HOST PORT   where to listen (the Makefile defaults to 127.0.0.1:8000)
-#   BACKBONE    tiny, vit-b16, a hub id or a local model directory
+#   WEIGHTS     `demo` (the packaged demo model, trained on simulated phantoms only), a checkpoint
+#               file, or empty for a fresh model with random weights
+#   BACKBONE    empty (the checkpoint's own), tiny, small, vit-b16, a hub id or a model directory
 # Extra `--conf KEY VALUE` pairs can be given in SONOVLM_CONF, e.g. SONOVLM_CONF="adapter lora".
 set -euo pipefail
 
-if [ "$#" -ne 5 ]; then
-    echo "usage: bash scripts/demo.sh PY SAMPLE_DIR HOST PORT BACKBONE" >&2
+if [ "$#" -ne 6 ]; then
+    echo "usage: bash scripts/demo.sh PY SAMPLE_DIR HOST PORT WEIGHTS BACKBONE" >&2
     exit 2
 fi
 PY=$1
 SAMPLE_DIR=$2
 HOST=$3
 PORT=$4
-BACKBONE=$5
+WEIGHTS=$5
+BACKBONE=$6
+if [ -z "$WEIGHTS" ] && [ -z "$BACKBONE" ]; then
+    echo "error: give WEIGHTS (demo or a checkpoint) or BACKBONE (e.g. BACKBONE=tiny for random weights)" >&2
+    exit 2
+fi
 
 cd "$(dirname "$0")/.."
 if [ ! -d "$SAMPLE_DIR" ]; then
@@ -25,6 +32,8 @@ if [ ! -d "$SAMPLE_DIR" ]; then
 fi
 
 EXTRA=()
+[ -n "$WEIGHTS" ] && EXTRA+=(--conf weights "$WEIGHTS")
+[ -n "$BACKBONE" ] && EXTRA+=(--conf backbone "$BACKBONE")
 if [ -n "${SONOVLM_CONF:-}" ]; then
     read -r -a words <<<"$SONOVLM_CONF"
     if [ $(( ${#words[@]} % 2 )) -ne 0 ]; then
@@ -36,11 +45,14 @@ if [ -n "${SONOVLM_CONF:-}" ]; then
     done
 fi
 
-echo "SonoVLM server: http://$HOST:$PORT (backbone $BACKBONE, studies $SAMPLE_DIR); Ctrl-C stops it"
+if [ "$WEIGHTS" = demo ]; then
+    echo "Serving the DEMO model: trained on simulated phantoms, not patients. Not for clinical use."
+fi
+echo "SonoVLM server: http://$HOST:$PORT (weights ${WEIGHTS:-none}, backbone ${BACKBONE:-the checkpoint's}," \
+    "studies $SAMPLE_DIR); Ctrl-C stops it"
 exec "$PY" -m monailabel.main start_server \
     --app monailabel_app \
     --studies "$SAMPLE_DIR" \
-    --conf backbone "$BACKBONE" \
     "${EXTRA[@]}" \
     --host "$HOST" \
     --port "$PORT"

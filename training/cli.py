@@ -10,6 +10,8 @@ Commands::
     compare RUN_DIR...           paper-style table across runs (rows backbone x adapter)
     export RUN_DIR FILE          the best checkpoint as one file for the server, plus a model card
     refine-captions PAIRS        LLM-refine every caption of an image-caption file (the paper's step)
+    demo-model FILE              the demo model (small preset) trained on simulated phantoms
+    demo-check                   the packaged demo model judged through a server (Dice per organ)
 
 Stages run as one process or under ``torchrun`` (DDP; NCCL on GPU, gloo on CPU). Errors a user
 can cause exit with code 2 and one ``error:`` line.
@@ -160,6 +162,18 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_demo_model(args: argparse.Namespace) -> int:
+    from .demo import run_demo_model
+
+    return run_demo_model(args)
+
+
+def _run_demo_check(args: argparse.Namespace) -> int:
+    from .demo_check import run_demo_check
+
+    return run_demo_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -224,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     from .captions import add_refine_captions_parser
 
     add_refine_captions_parser(commands)
+
+    demo = commands.add_parser(
+        "demo-model", help="the demo model (small preset) trained on simulated phantoms, for make demo"
+    )
+    demo.add_argument("file", metavar="FILE", help="checkpoint to write (.safetensors), card beside it")
+    demo.add_argument("--work", help="keep the phantoms and runs here (default: a temporary folder)")
+    demo.add_argument("--per-organ", type=int, default=90, help="phantoms per organ (default 90)")
+    demo.add_argument("--epochs", type=int, default=100, help="segmentation epochs (default 100)")
+    demo.add_argument("--classification-epochs", type=int, default=20, help="default 20")
+    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    demo.add_argument("--lr", type=float, default=5e-3, help="segmentation learning rate (default 5e-3)")
+    demo.add_argument("--backbone", default="small", help="backbone preset (default small)")
+    demo.set_defaults(func=_run_demo_model)
+
+    check = commands.add_parser(
+        "demo-check", help="serve the demo model on held-out phantoms; Dice per organ through the server"
+    )
+    check.add_argument("--url", help="a running server on those studies (default: start one)")
+    check.add_argument("--count", type=int, default=36, help="held-out studies (default 36)")
+    check.add_argument("--figure", help="write one contour overlay per organ to this PNG")
+    check.add_argument("--threads", type=int, default=2, help="server torch threads (default 2)")
+    check.set_defaults(func=_run_demo_check)
     return parser
 
 

@@ -185,7 +185,7 @@ def plot_overlays(
         ax.set_title(f"{title}: {record['name']}\nDice {record['dice']:.3f}", fontsize=9)
         ax.axis("off")
     fig.suptitle("green: ground truth, red: prediction", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave the suptitle its own row
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..demo_model import DEMO_WEIGHTS_ALIAS, demo_checkpoint
 from ..errors import SonoInputError
 from ..model.backbone import DEFAULT_BACKBONE
 
@@ -75,7 +76,8 @@ class AppConfig:
         backbone: hub id, local directory, or preset name (``tiny``, ``vit-b16``).
         adapter: adapter kind (``lora``, ``mona``, ``hybrid``, ``none``); ``None`` = the checkpoint's,
             or Mona for a fresh model.
-        weights: checkpoint (safetensors) served while nothing has been published, or ``None``.
+        weights: checkpoint (safetensors) served while nothing has been published, or ``None``;
+            ``demo`` is the packaged demo model (simulated phantoms, not for clinical use).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         models: the task names enabled.
         model_dir: where published models, their history and ``train_stats`` live.
@@ -123,6 +125,8 @@ class AppConfig:
                 )
 
         weights = conf.pop("weights", "").strip() or None
+        if weights == DEMO_WEIGHTS_ALIAS:  # the packaged demo model (phantoms only, not clinical)
+            weights = str(demo_checkpoint())
         if weights is not None and not Path(weights).is_file():
             raise SonoInputError("--conf weights", f"checkpoint file {weights!r} does not exist")
 
