@@ -47,8 +47,8 @@ def evaluate(url: str, studies: Path, cases: list) -> dict:
     """
     from monai.metrics import compute_roc_auc
     from monailabel.client import MONAILabelClient
-    from sonovlm.io.mask import read_mask
     from sonovlm.io.image import load_image
+    from sonovlm.io.mask import read_mask
 
     client = MONAILabelClient(url, tmpdir=str(studies.parent / "replies"))
     (studies.parent / "replies").mkdir(exist_ok=True)
@@ -99,8 +99,8 @@ def _classification_summary(group: list[dict], compute_roc_auc) -> dict:
 
 def plot_figure(result: dict, cases: list, path: Path) -> Path:
     """One case per organ (its median Dice): the frame, truth (green) and the server's mask (red)."""
-    from sonovlm.io.mask import read_mask
     from sonovlm.io.image import load_image
+    from sonovlm.io.mask import read_mask
 
     from .report import plot_overlays
 
