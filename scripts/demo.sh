@@ -48,7 +48,7 @@ fi
 if [ "$WEIGHTS" = demo ]; then
     echo "Serving the DEMO model: trained on simulated phantoms, not patients. Not for clinical use."
 fi
-echo "SonoVLM server: http://$HOST:$PORT (weights ${WEIGHTS:-none}, backbone ${BACKBONE:-the checkpoint's}," \
+echo "SonoVLM server: http://$HOST:$PORT (weights ${WEIGHTS:-none}, backbone ${BACKBONE:-as recorded in the checkpoint}," \
     "studies $SAMPLE_DIR); Ctrl-C stops it"
 exec "$PY" -m monailabel.main start_server \
     --app monailabel_app \
