@@ -8,18 +8,19 @@ produced the numbers (empty predictions, distance unit, threshold).
 
 Figures (``figures/``): ``training_curves.png`` (loss and validation metric per epoch),
 ``roc_curve.png`` (classification), ``overlays.png`` (segmentation: the best, median and worst
-test case by Dice, ground truth in green, prediction in red, as the server predicts it).
+test case by Dice, ground truth in green, prediction in red, as the server predicts it), drawn
+by :mod:`sonovlm.figures` (the server's training draws the same figures).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sonovlm.figures import pick_overlay_cases, plot_overlays, plot_roc, plot_training_curves
 
 from .metrics import CLASSIFICATION_KEYS, SEGMENTATION_KEYS
 
@@ -102,90 +103,17 @@ def results_markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_training_curves(history: Sequence[dict], monitor: str, path: Path) -> Path | None:
-    if not history:
-        return None
-    plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
-    if all("val_loss" in h for h in history):
-        axes[0].plot(epochs, [h["val_loss"] for h in history], label="validation")
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("loss")
-    axes[0].legend()
-    axes[1].plot(epochs, [h.get(f"val_{monitor}") for h in history], color="tab:green")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel(f"validation {monitor}")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_roc(labels: Sequence[int], probabilities: Sequence[float], path: Path) -> Path | None:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    y = np.asarray(labels)
-    if len(np.unique(y)) < 2:
-        return None
-    fpr, tpr, _ = roc_curve(y, probabilities)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, probabilities):.3f}")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate (malignant)")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def pick_overlay_cases(records: Sequence[dict]) -> list[tuple[str, dict]]:
-    """``[("best", r), ("median", r), ("worst", r)]`` by Dice (ties: by HD95, then name)."""
-    if not records:
-        return []
-    ordered = sorted(records, key=lambda r: (-r["dice"], r.get("hd95_px", 0.0), r["name"]))
-    picks = [("best", ordered[0]), ("median", ordered[len(ordered) // 2]), ("worst", ordered[-1])]
-    return picks
-
-
-def plot_overlays(
-    picks: Sequence[tuple[str, dict]],
-    render: Callable[[dict], tuple[np.ndarray, np.ndarray, np.ndarray]],
-    path: Path,
-) -> Path | None:
-    """Grid of ``render(record) -> (grey frame, truth, prediction)`` with contours, titled by Dice."""
-    if not picks:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 4))
-    axes = np.atleast_1d(axes)
-    for ax, (title, record) in zip(axes, picks, strict=True):
-        grey, truth, prediction = render(record)
-        ax.imshow(grey, cmap="gray")
-        if truth.any():
-            ax.contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
-        if prediction.any():
-            ax.contour(prediction.astype(float), levels=[0.5], colors="red", linewidths=1.2)
-        ax.set_title(f"{title}: {record['name']}\nDice {record['dice']:.3f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle("green: ground truth, red: prediction", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave the suptitle its own row
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+__all__ = [
+    "EMPTY_RULE",
+    "FIGURES_DIR",
+    "METRICS_FILE",
+    "RESULTS_FILE",
+    "format_value",
+    "metric_keys",
+    "pick_overlay_cases",
+    "plot_overlays",
+    "plot_roc",
+    "plot_training_curves",
+    "results_markdown",
+    "write_json",
+]

@@ -54,6 +54,26 @@ def train_stats(client, task):
     return client.info()["train_stats"].get(task, {})
 
 
+def tensorboard_tags(events_dir) -> tuple[dict[str, list[float]], list[str]]:
+    """Scalars (tag -> values in step order) and image tags of the event files in ``events_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list(events_dir.glob("events.out.tfevents.*")), f"no event file in {events_dir}"
+    accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    scalars = {tag: [event.value for event in accumulator.Scalars(tag)] for tag in tags["scalars"]}
+    return scalars, list(tags["images"])
+
+
+def assert_pngs(folder, names) -> None:
+    from PIL import Image
+
+    for name in names:
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
 def models_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sonovlm.cli.main", "models", *args],
@@ -95,8 +115,26 @@ def test_training_runs_aside_and_publishes(client, server):
     listing = json.loads(models_cli("list", "--json", "--model-dir", str(server.model_dir)).stdout)
     assert listing["current"] == decision["version"]
 
+    # TensorBoard events where MONAI Label puts them, and the figures python -m training draws.
+    assert all(e["lr"] > 0 for e in stats["epochs"])
+    assert stats["epochs"][1]["lr"] < stats["epochs"][0]["lr"]  # cosine schedule
+    events = server.model_dir / stats["events_dir"]
+    assert events.parent == server.model_dir / "runs" / "segmentation" / "train_01"
+    assert events.name == f"events_{stats['run_id']}"
+    scalars, images = tensorboard_tags(events)
+    assert {"train_loss", "train_loss_epoch", "train_mean_dice", "val_mean_dice", "learning_rate"} <= set(
+        scalars
+    )
+    assert len(scalars["val_mean_dice"]) == 2 and len(scalars["learning_rate"]) == 2
+    assert [round(v, 6) for v in scalars["val_mean_dice"]] == [
+        round(e["val_mean_dice"], 6) for e in stats["epochs"]
+    ]
+    assert {"input_0_HW_0", "input_1_HW_0", "output_HW_0"} <= set(images)  # image, label, prediction
+    assert stats["figures"] == ["overlays.png", "training_curves.png"]
+    assert_pngs(server.model_dir / stats["figures_dir"], stats["figures"])
 
-def test_classification_training_reports_accuracy_and_auc(client):
+
+def test_classification_training_reports_accuracy_and_auc(client, server):
     before = served_version(client)
     client.train_start("classification", {"max_epochs": 1, "train_batch_size": 4, "val_split": 0.5})
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
@@ -107,6 +145,14 @@ def test_classification_training_reports_accuracy_and_auc(client):
     [epoch] = stats["epochs"]
     assert 0.0 <= epoch["val_acc"] <= 1.0 and "val_auc" in epoch
     decision = stats["publish"]
+    scalars, _ = tensorboard_tags(server.model_dir / stats["events_dir"])
+    assert {"train_loss", "train_acc", "val_acc", "learning_rate"} <= set(scalars)
+    # ROC only when the validation images hold both pathologies (else AUC is undefined too).
+    expected = ["training_curves.png"]
+    if decision["candidate"]["val_auc"] is not None:
+        expected.insert(0, "roc_curve.png")
+    assert stats["figures"] == expected
+    assert_pngs(server.model_dir / stats["figures_dir"], expected)
     candidate, served = decision["candidate"]["val_acc"], decision["served"]["val_acc"]
     # The served model is a trained one now: publish only if better on the same images.
     if decision["published"]:

@@ -10,10 +10,21 @@ Both are :class:`BasicTrainTask` subclasses run in MONAI Label's training subpro
   0.5) of the batches gets a jittered box, a degraded previous mask and corrective clicks in the
   error regions (:func:`sonovlm.model.click_simulation.training_prompt_maps`), the rest none, so one
   network serves automatic and interactive (``interactive``/``propagate``) use;
-* no ``CheckpointSaver`` (it writes the whole network, backbone included) and no TensorBoard or
-  MLflow handlers (``tracking`` is off: MONAI 1.6.1's MLflow handler rejects file URIs);
-* ``train_stats`` holds per-epoch validation Dice (segmentation) or accuracy and AUC
-  (classification), written atomically;
+* no ``CheckpointSaver`` (it writes the whole network, backbone included) and no MLflow handler
+  (``tracking`` is off: MONAI 1.6.1's MLflow handler rejects file URIs);
+* TensorBoard events where MONAI Label writes them, ``{model_dir}/runs/{task}/{name}/events_{run_id}``
+  (``name`` is the request's, default ``train_01``): MONAI's ``TensorBoardStatsHandler`` for the
+  loss per iteration (``train_loss``) and the metrics per epoch (``train_mean_dice``,
+  ``val_mean_dice``; ``train_acc``, ``val_acc``, ``val_auc``), plus ``train_loss_epoch`` and
+  ``learning_rate`` per epoch, and for segmentation a ``TensorBoardImageHandler`` of the first
+  validation image, its label and the prediction per epoch. One writer, flushed every epoch;
+* at the end, the figures ``python -m training`` draws (:mod:`sonovlm.figures`) in
+  ``{model_dir}/runs/{task}/{name}/figures_{run_id}/``: ``training_curves.png``, and on the
+  validation images with the candidate weights ``overlays.png`` (segmentation: best, median and
+  worst case by Dice, predicted as the server predicts) or ``roc_curve.png`` (classification);
+* ``train_stats`` holds per-epoch learning rate, training loss and validation Dice
+  (segmentation) or accuracy and AUC (classification), the events and figures folders
+  (relative to ``model_dir``), written atomically;
 * publishing is the app's own (:mod:`sonovlm.app.model_store`): at the end, the best epoch is
   compared with the served model on the same validation images and published only if it is better
   (the first model is published when nothing trained is served); the stats say why not otherwise.
@@ -42,6 +53,8 @@ from monai.handlers import (
     LrScheduleHandler,
     MeanDice,
     StatsHandler,
+    TensorBoardImageHandler,
+    TensorBoardStatsHandler,
     ValidationHandler,
     from_engine,
     stopping_fn_from_metric,
@@ -51,6 +64,7 @@ from monai.transforms import Activationsd, AsDiscreted, CopyItemsd, RandFlipd, R
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from torch import nn
 
+from .. import figures
 from ..errors import SonoInputError
 from ..organs import ORGAN_LABELS, PATHOLOGIES
 from .atomic import write_json_atomic
@@ -320,17 +334,39 @@ class _SonoTrainer(BasicTrainTask):
     def val_pre_transforms(self, context: Context):
         return [LoadTrainingItem(self._model.preprocess_config, self.task)]
 
+    def summary_writer(self, context: Context):
+        """The run's one TensorBoard writer on ``context.events_dir`` (MONAI Label's events folder)."""
+        writer = getattr(context, "summary_writer", None)
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=context.events_dir)
+            context.summary_writer = writer
+            logger.info("TensorBoard events in %s", context.events_dir)
+        return writer
+
     def train_handlers(self, context: Context):
-        handlers: list[Any] = [self.lr_scheduler_handler(context)]
-        handlers.append(
-            StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True))
-        )
+        loss = from_engine(["loss"], first=True)
+        handlers: list[Any] = [
+            self.lr_scheduler_handler(context),
+            StatsHandler(tag_name="train_loss", output_transform=loss),
+            TensorBoardStatsHandler(
+                summary_writer=self.summary_writer(context), tag_name="train_loss", output_transform=loss
+            ),
+        ]
         if context.evaluator:
             handlers.append(ValidationHandler(1, validator=context.evaluator, epoch_level=True))
         return handlers
 
     def val_handlers(self, context: Context):
-        return [StatsHandler(output_transform=lambda x: None, iteration_log=False)]
+        return [
+            StatsHandler(output_transform=lambda x: None, iteration_log=False),
+            TensorBoardStatsHandler(
+                summary_writer=self.summary_writer(context),
+                output_transform=lambda x: None,
+                iteration_log=False,
+            ),
+        ]
 
     def _create_evaluator(self, context: Context):
         if not context.val_datalist:
@@ -368,7 +404,8 @@ class _SonoTrainer(BasicTrainTask):
         self._epochs = []
         self._best = None
         self._losses: list[float] = []
-        context.trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: self._losses.clear())
+        self._lr: float | None = None
+        context.trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: self._epoch_started(context))
         context.trainer.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         source = context.evaluator or context.trainer
         source.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._epoch_completed(context))
@@ -383,6 +420,10 @@ class _SonoTrainer(BasicTrainTask):
 
     # -- per epoch ---------------------------------------------------------------------------------
 
+    def _epoch_started(self, context: Context) -> None:
+        self._losses.clear()
+        self._lr = float(context.optimizer.param_groups[0]["lr"])  # the rate this epoch trains with
+
     def _iteration_completed(self, engine) -> None:
         output = engine.state.output
         loss = (output[0] if isinstance(output, list) else output)["loss"]
@@ -390,7 +431,7 @@ class _SonoTrainer(BasicTrainTask):
 
     def _epoch_completed(self, context: Context) -> None:
         trainer, evaluator = context.trainer, context.evaluator
-        record: dict[str, Any] = {"epoch": trainer.state.epoch}
+        record: dict[str, Any] = {"epoch": trainer.state.epoch, "lr": self._lr}
         if self._losses:
             record["train_loss"] = sum(self._losses) / len(self._losses)
         for name, value in trainer.state.metrics.items():
@@ -402,6 +443,12 @@ class _SonoTrainer(BasicTrainTask):
             for name, value in evaluator.state.metrics.items():
                 record[name] = _finite(value)
         self._epochs.append(record)
+        writer = self.summary_writer(context)
+        if self._lr is not None:
+            writer.add_scalar("learning_rate", self._lr, record["epoch"])
+        if "train_loss" in record:
+            writer.add_scalar("train_loss_epoch", record["train_loss"], record["epoch"])
+        writer.flush()
         score = record.get(self.key_metric) if evaluator is not None else float(trainer.state.epoch)
         score = -math.inf if score is None else score
         if self._best is None or score > self._best[0]:
@@ -424,10 +471,19 @@ class _SonoTrainer(BasicTrainTask):
             "amp": bool(self._amp and context.device.type == "cuda"),
             "best_metric": self._best[0] if self._best and math.isfinite(self._best[0]) else None,
             "base_model": self._base,
+            "events_dir": self._relative(context.events_dir),
             "epochs": self._epochs,
             **extra,
         }
         write_json_atomic(self._stats_path, stats)
+
+    def _relative(self, path: str | Path) -> str:
+        """``path`` relative to the model dir when inside it (what ``train_stats`` shows)."""
+        path = Path(path)
+        try:
+            return path.relative_to(self.store.model_dir).as_posix()
+        except ValueError:
+            return str(path)
 
     # -- publish -----------------------------------------------------------------------------------
 
@@ -489,7 +545,40 @@ class _SonoTrainer(BasicTrainTask):
             )
             decision["version"] = entry.version
         logger.info("Publish decision: %s", decision)
-        self._write_stats(context, {"state": "done", "publish": decision})
+        drawn = self._write_figures(context)
+        self._write_stats(context, {"state": "done", "publish": decision, **drawn})
+        writer = getattr(context, "summary_writer", None)
+        if writer is not None:
+            writer.close()
+
+    # -- figures -----------------------------------------------------------------------------------
+
+    def _write_figures(self, context: Context) -> dict[str, Any]:
+        """The run's figures (module notes) with the candidate weights loaded; the stats' entries.
+
+        A figure that cannot be drawn does not undo the publish decision: the error is logged
+        and recorded as ``figures_error``.
+        """
+        folder = Path(context.output_dir) / f"figures_{context.run_id}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            drawn = [
+                figures.plot_training_curves(
+                    self._epochs, self.key_metric.removeprefix("val_"), folder / "training_curves.png"
+                )
+            ]
+            if context.val_datalist:
+                drawn += self.validation_figures(context, folder)
+        except Exception as exc:  # noqa: BLE001 - recorded in the stats, the run's result stands
+            logger.exception("Figures of run %s could not be drawn", context.run_id)
+            return {"figures_dir": self._relative(folder), "figures_error": f"{type(exc).__name__}: {exc}"}
+        names = sorted(path.name for path in drawn if path is not None)
+        logger.info("Figures in %s: %s", folder, ", ".join(names))
+        return {"figures_dir": self._relative(folder), "figures": names}
+
+    def validation_figures(self, context: Context, folder: Path) -> list[Path | None]:
+        """Figures of the candidate on the validation images (ROC, overlays); paths written."""
+        return []
 
     def before_publish(self, context: Context) -> None:
         """Hook run on the candidate weights before they are scored and saved."""
@@ -506,17 +595,18 @@ class _SonoTrainer(BasicTrainTask):
             return self._base_state
         return checkpoint_state(served.path, self._model)
 
-    def _predict(self, context: Context, item_key: str = "label") -> tuple[list, list]:
-        """Run the network over the validation loader: per-batch (logits, labels)."""
+    def _predict(self, context: Context, with_ids: bool = False) -> tuple[list, ...]:
+        """Run the network over the validation loader: per-batch (logits, labels[, image ids])."""
         loader = self.val_data_loader(context)
-        outputs, labels = [], []
+        outputs, labels, ids = [], [], []
         context.network.eval()
         with torch.no_grad():
             for batch in loader:
                 image, label, args, _ = prepare_organ_batch(batch, context.device)
                 outputs.append(context.network(image, *args).float().cpu())
                 labels.append(label.cpu())
-        return outputs, labels
+                ids.extend(str(i) for i in batch["image_id"])
+        return (outputs, labels, ids) if with_ids else (outputs, labels)
 
 
 class SegmentationTrainer(_SonoTrainer):
@@ -562,6 +652,20 @@ class SegmentationTrainer(_SonoTrainer):
             AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=2),
         ]
 
+    def val_handlers(self, context: Context):
+        return [
+            *super().val_handlers(context),
+            TensorBoardImageHandler(
+                summary_writer=self.summary_writer(context),
+                batch_transform=lambda batch: (
+                    [_first_item(batch, "image")[:1]],  # one grey channel of the model input
+                    [_first_item(batch, "label")[-1:]],  # the lesion channel
+                ),
+                output_transform=lambda output: [_first_item(output, "pred")[-1:]],
+                max_channels=1,
+            ),
+        ]
+
     def train_key_metric(self, context: Context):
         return {
             "train_mean_dice": MeanDice(
@@ -587,6 +691,45 @@ class SegmentationTrainer(_SonoTrainer):
             metric(prediction, target)
         dice = float(metric.aggregate().item())
         return dice, {self.key_metric: dice}
+
+    def validation_figures(self, context: Context, folder: Path) -> list[Path | None]:
+        """``overlays.png``: best, median and worst validation case by Dice, as the server predicts."""
+        from monai.metrics import DiceMetric
+
+        from ..io import load_image
+        from ..model import Predictor
+        from .labels import read_stored_label
+
+        outputs, labels, ids = self._predict(context, with_ids=True)
+        items = list(context.val_datalist)
+        if ids != [item["image_id"] for item in items]:
+            raise RuntimeError("the validation loader's order differs from the validation list")
+        metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+        dice: list[float] = []
+        for logits, label in zip(outputs, labels, strict=True):
+            prediction = torch.nn.functional.one_hot(logits.argmax(1), 2).permute(0, 3, 1, 2)
+            target = torch.nn.functional.one_hot(label[:, 0].long(), 2).permute(0, 3, 1, 2)
+            dice += [float(v) for v in metric(prediction, target)[:, 0]]
+        records = [
+            {
+                "name": item["image_id"] + (f" frame {item['frame']}" if item.get("label_frame") else ""),
+                "dice": value,
+                "item": item,
+            }
+            for item, value in zip(items, dice, strict=True)
+        ]
+        predictor = Predictor(self._model, device=context.device)
+
+        def render(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            item = record["item"]
+            image = load_image(item["image"])
+            stored = read_stored_label(item["label"], image.n_frames)
+            truth = stored if stored.ndim == 2 else stored[item["label_frame"]]
+            result = predictor.segment(image, item["organ"], frame=item.get("frame"))
+            return image.grey(result.frame), truth != 0, result.mask != 0
+
+        picks = figures.pick_overlay_cases(records)
+        return [figures.plot_overlays(picks, render, folder / "overlays.png")]
 
 
 class ClassificationTrainer(_SonoTrainer):
@@ -664,12 +807,30 @@ class ClassificationTrainer(_SonoTrainer):
         score = accuracy + (auc if auc is not None else 0.0) * 1e-3
         return score, {self.key_metric: accuracy, "val_auc": auc}
 
+    def validation_figures(self, context: Context, folder: Path) -> list[Path | None]:
+        """``roc_curve.png`` of the malignant probability on the validation images (both classes needed)."""
+        outputs, labels = self._predict(context)
+        logits, targets = torch.cat(outputs), torch.cat(labels)[:, 0].long()
+        malignant = PATHOLOGIES.index("malignant")
+        probabilities = self._model.cls_head.probabilities(logits)[:, malignant]
+        path = figures.plot_roc(
+            (targets == malignant).int().tolist(), probabilities.tolist(), folder / "roc_curve.png"
+        )
+        if path is None:
+            logger.info("No ROC curve: the validation images hold one pathology only")
+        return [path]
+
 
 def _training_process_running() -> bool:
     """Whether MONAI Label has a training subprocess running (only meaningful in the server)."""
     from monailabel.utils.async_tasks.utils import processes
 
     return any(process.poll() is None for process in processes("train").values())
+
+
+def _first_item(data: Any, key: str) -> Any:
+    """``key`` of the first item of a batch, collated (dict of batched values) or decollated (list)."""
+    return data[key][0] if isinstance(data, dict) else data[0][key]
 
 
 def _finite(value: Any) -> Any:
