@@ -137,9 +137,9 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
 
 def augmentation_throughput(size: int, n: int = 32) -> dict:
     """Images/s of the training augmentation ('all') plus normalisation at ``size`` px."""
+    from sonovlm.model.augment import train_transforms
     from sonovlm.model.preprocess import PreprocessConfig
 
-    from .augment import train_transforms
     from .data.datasets import FinaliseInputd
 
     pipeline = train_transforms("all", seed=0)

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sonovlm.errors import ModelLoadError, SonoInputError
+from sonovlm.model.augment import AUGMENT_MODES
 
-from .augment import AUGMENT_MODES
 from .engine import PRECISIONS
 from .paper import add_reference_options
 

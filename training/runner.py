@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 from sonovlm.errors import SonoInputError
+from sonovlm.model.augment import train_transforms
 
 from . import report
-from .augment import train_transforms
 from .data.datasets import Case, build_dataset, collate, pair_cases, split_cases
 from .data.layout import PublicLayout
 from .data.splits import seeded_key

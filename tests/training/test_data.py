@@ -113,7 +113,7 @@ def test_dataset_items_equal_the_models_own_preprocessing(tiny_layout, tiny_mode
 
 
 def test_augmented_dataset_changes_pixels_but_keeps_masks_binary(tiny_layout, tiny_model):
-    from training.augment import train_transforms
+    from sonovlm.model.augment import train_transforms
 
     cases = split_cases(PublicLayout(tiny_layout), "segmentation", ["BUSI"], "train")
     plain = build_dataset(cases, tiny_model.preprocess_config)

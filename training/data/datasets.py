@@ -3,7 +3,7 @@
 A case goes through the same steps as serving (:mod:`sonovlm.model.preprocess`): the foundation
 loader reads it (:func:`sonovlm.io.load_image`), the frame is cropped to the ultrasound imaging
 region (burned-in text stays out), padded to a centred square and resized to the backbone's
-input. Augmentation (:mod:`training.augment`) acts on that model-space grey image in [0, 1], and
+input. Augmentation (:mod:`sonovlm.model.augment`) acts on that model-space grey image in [0, 1], and
 only then is it normalised to the backbone's 3-channel input. Without augmentation an item's
 ``pixel_values`` and ``mask`` equal ``SonoVLM.preprocess_pair`` exactly (a test checks it).
 

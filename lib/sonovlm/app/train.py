@@ -10,6 +10,10 @@ Both are :class:`BasicTrainTask` subclasses run in MONAI Label's training subpro
   0.5) of the batches gets a jittered box, a degraded previous mask and corrective clicks in the
   error regions (:func:`sonovlm.model.click_simulation.training_prompt_maps`), the rest none, so one
   network serves automatic and interactive (``interactive``/``propagate``) use;
+* the augmentation is ``python -m training``'s (:mod:`sonovlm.model.augment`, request param
+  ``augment``: ``all`` by default — ultrasound artefacts then geometry —, ``ultrasound``,
+  ``geometric``, ``reference`` or ``none``) on the same model-space grey image and scan mask,
+  so a model retrained from Slicer is trained like the published one;
 * no ``CheckpointSaver`` (it writes the whole network, backbone included) and no MLflow handler
   (``tracking`` is off: MONAI 1.6.1's MLflow handler rejects file URIs);
 * TensorBoard events where MONAI Label writes them, ``{model_dir}/runs/{task}/{name}/events_{run_id}``
@@ -60,12 +64,13 @@ from monai.handlers import (
     stopping_fn_from_metric,
 )
 from monai.inferers import SimpleInferer
-from monai.transforms import Activationsd, AsDiscreted, CopyItemsd, RandFlipd, RandScaleIntensityd
+from monai.transforms import Activationsd, AsDiscreted, CopyItemsd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from torch import nn
 
 from .. import figures
 from ..errors import SonoInputError
+from ..model.augment import AUGMENT_MODES, train_transforms
 from ..organs import ORGAN_LABELS, PATHOLOGIES
 from .atomic import write_json_atomic
 from .config import AppConfig
@@ -84,6 +89,10 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "val_split": 0.2,
     "early_stop_patience": 0,
 }
+
+#: Training augmentation, as ``python -m training``'s default ``--augment all``: the ultrasound
+#: artefacts then MONAI's geometric transforms (:func:`sonovlm.model.augment.train_transforms`).
+DEFAULT_AUGMENT = "all"
 
 #: Share of segmentation training batches given simulated interactions (the rest: none).
 DEFAULT_INTERACTIVE_FRACTION = 0.5
@@ -110,6 +119,10 @@ def _check_train_request(request: dict[str, Any]) -> None:
     number("early_stop_patience", int, 0)
     if "interactive_fraction" in request:
         number("interactive_fraction", float, 0.0, 1.0)
+    augment = request.get("augment", DEFAULT_AUGMENT)
+    if augment not in AUGMENT_MODES:
+        known = ", ".join(AUGMENT_MODES)
+        raise SonoInputError("augment", f"unknown augmentation {augment!r} (known: {known})")
 
 
 def split_by_image(items: list[dict[str, Any]], val_split: float, seed: int = 0) -> tuple[list, list]:
@@ -127,10 +140,13 @@ def split_by_image(items: list[dict[str, Any]], val_split: float, seed: int = 0)
 
 
 class LoadTrainingItem:
-    """Datalist item -> model-space tensors: ``image`` (3, S, S), ``label`` and ``organ_id``.
+    """Datalist item -> model-space dict before augmentation (deterministic, so it is cached).
 
-    Segmentation items get ``label`` (1, S, S) of 0/1 from the stored label's frame;
-    classification items get ``label`` (1,) with the pathology index.
+    Output: ``image`` ``(1, S, S)`` grey in [0, 1] (serving's crop, pad and resize), ``scan_mask``
+    ``(1, S, S)`` (1 on the imaging region, 0 on padding: artefacts stay inside it), ``image_id``,
+    ``organ_id``; segmentation items also ``mask`` ``(1, S, S)`` of 0/1 from the stored label's
+    frame, classification items ``label`` ``(1,)`` with the pathology index. The same model-space
+    grey image ``python -m training`` augments (``training/data/datasets.py``'s ``LoadCased``).
     """
 
     def __init__(self, preprocess_config: Any, task: str) -> None:
@@ -139,20 +155,60 @@ class LoadTrainingItem:
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         from ..io import load_image
-        from ..model import preprocess_frame, preprocess_pair
+        from ..model.preprocess import (
+            check_frame,
+            image_geometry,
+            mask_to_model_space,
+            to_model_space,
+            unit_intensity,
+        )
         from .labels import read_stored_label
 
+        config = self.preprocess_config
         image = load_image(item["image"])
-        frame = item.get("frame")
-        out = {"image_id": item["image_id"], "organ_id": ORGAN_ORDER.index(item["organ"])}
+        frame = check_frame(image, item.get("frame"))
+        geometry = image_geometry(image, config)
+        unit = unit_intensity(image.grey(frame), image.frames.dtype)
+        out = {
+            "image_id": item["image_id"],
+            "organ_id": ORGAN_ORDER.index(item["organ"]),
+            "image": to_model_space(unit, geometry, pad_value=config.pad_value)[None],
+            "scan_mask": geometry.region_in_model_space().to(torch.float32)[None],
+        }
         if self.task == "segmentation":
             stored = read_stored_label(item["label"], image.n_frames)
             mask = stored if stored.ndim == 2 else stored[item["label_frame"]]
-            out["image"], out["label"] = preprocess_pair(image, mask, frame, self.preprocess_config)
+            if mask.shape != (image.height, image.width):
+                raise SonoInputError(
+                    item["label"],
+                    f"label shape {mask.shape} does not match the image ({image.height}, {image.width})",
+                )
+            out["mask"] = mask_to_model_space(mask, geometry)
         else:
-            out["image"], _ = preprocess_frame(image, frame, self.preprocess_config)
             out["label"] = torch.tensor([PATHOLOGIES.index(item["pathology"])], dtype=torch.long)
         return out
+
+
+class FinaliseTrainingItem:
+    """After augmentation: grey ``image`` -> normalised ``(3, S, S)``; ``mask`` -> ``label`` of 0/1.
+
+    Without augmentation the result equals :func:`sonovlm.model.preprocess_pair` /
+    :func:`~sonovlm.model.preprocess_frame` exactly (what the server predicts on).
+    """
+
+    def __init__(self, preprocess_config: Any) -> None:
+        self.preprocess_config = preprocess_config
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from ..model.preprocess import normalise
+
+        d = dict(data)
+        grey = torch.as_tensor(d.pop("image")).as_subclass(torch.Tensor).to(torch.float32)
+        d["image"] = normalise(grey[0], self.preprocess_config).contiguous()
+        d.pop("scan_mask", None)
+        if "mask" in d:
+            d["label"] = (torch.as_tensor(d.pop("mask")).as_subclass(torch.Tensor) >= 0.5).to(torch.float32)
+        return d
 
 
 def prepare_organ_batch(batchdata: dict[str, Any], device=None, non_blocking: bool = False, **kwargs):
@@ -329,10 +385,17 @@ class _SonoTrainer(BasicTrainTask):
         return SimpleInferer()
 
     def train_pre_transforms(self, context: Context):
-        return [LoadTrainingItem(self._model.preprocess_config, self.task)]
+        """Load, the ultrasound + geometric augmentation ``python -m training`` uses, normalise."""
+        config = self._model.preprocess_config
+        steps: list[Any] = [LoadTrainingItem(config, self.task)]
+        mode = context.request.get("augment", DEFAULT_AUGMENT)
+        if mode != "none":
+            steps.append(train_transforms(mode))
+        return [*steps, FinaliseTrainingItem(config)]
 
     def val_pre_transforms(self, context: Context):
-        return [LoadTrainingItem(self._model.preprocess_config, self.task)]
+        config = self._model.preprocess_config
+        return [LoadTrainingItem(config, self.task), FinaliseTrainingItem(config)]
 
     def summary_writer(self, context: Context):
         """The run's one TensorBoard writer on ``context.events_dir`` (MONAI Label's events folder)."""
@@ -469,6 +532,7 @@ class _SonoTrainer(BasicTrainTask):
             "key_metric": self.key_metric,
             "device": str(context.device),
             "amp": bool(self._amp and context.device.type == "cuda"),
+            "augment": context.request.get("augment", DEFAULT_AUGMENT),
             "best_metric": self._best[0] if self._best and math.isfinite(self._best[0]) else None,
             "base_model": self._base,
             "events_dir": self._relative(context.events_dir),
@@ -638,13 +702,6 @@ class SegmentationTrainer(_SonoTrainer):
         from ..model import segmentation_loss
 
         return segmentation_loss()
-
-    def train_pre_transforms(self, context: Context):
-        return [
-            *super().train_pre_transforms(context),
-            RandFlipd(keys=("image", "label"), spatial_axis=1, prob=0.5),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        ]
 
     def train_post_transforms(self, context: Context):
         return [

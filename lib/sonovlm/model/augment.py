@@ -1,5 +1,8 @@
 """Ultrasound-specific augmentation as MONAI dictionary transforms, beside MONAI's geometric ones.
 
+Shared by ``python -m training`` and the server's retraining (:mod:`sonovlm.app.train`, request
+param ``augment``), so a model retrained from Slicer is augmented like the published one.
+
 The ultrasound transforms model acquisition artefacts, after the augmentations studied in
 Tupper et al., "Revisiting Data Augmentation for Ultrasound Images" (arXiv 2501.13193, 2025)
 and their library ``usaugment`` (github.com/adamtupper/usaugment), which in turn follow

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from training.augment import (
+from sonovlm.model.augment import (
     RandDepthAttenuationd,
     RandGaussianShadowd,
     RandHazed,
