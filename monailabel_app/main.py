@@ -22,10 +22,13 @@ The tasks live in :mod:`sonovlm.app`; this file only names the app class MONAI L
 
 from monailabel.interfaces.app import MONAILabelApp
 from sonovlm.app import server
+from sonovlm.app.annotator import install_annotator_record
 from sonovlm.app.auth import install_auth_fix
 
 # MONAI Label 0.8.5 rejects every token under PyJWT 2 (no algorithm named); fix before serving.
 install_auth_fix()
+# ... and drops the signed-in user when a label is saved: record it as the annotator.
+install_annotator_record()
 
 
 # MONAI Label instantiates the class in this file whose *direct* bases name MONAILabelApp.

@@ -420,7 +420,7 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _save_label(url: str, headers: dict[str, str]) -> requests.Response:
+def _save_label(url: str, headers: dict[str, str], **params) -> requests.Response:
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -431,7 +431,7 @@ def _save_label(url: str, headers: dict[str, str]) -> requests.Response:
         f"{url}/datastore/label",
         params={"image": "case1", "tag": "final"},
         files={"label": ("case1.png", buffer.getvalue(), "image/png")},
-        data={"params": json.dumps({"organ": "lymph_node"})},
+        data={"params": json.dumps({"organ": "lymph_node", **params})},
         headers=headers,
         timeout=30,
     )
@@ -454,8 +454,12 @@ def test_server_roles(server, server_provider):
     assert _save_label(server, user).status_code == 403
 
     annotator = _bearer(provider.token(ROLES["annotator"], username="ann"))
-    saved = _save_label(server, annotator)
+    saved = _save_label(server, annotator, user="someone-else")
     assert saved.status_code == 200, saved.text
+    # The label records who signed in, not who the client claims to be (annotator.py).
+    label_info = requests.get(f"{server}/datastore/?output=all", headers=annotator, timeout=10).json()
+    info = label_info["objects"]["case1"]["labels"]["final"]["info"]
+    assert info["saved_by"] == "ann" and info["client_user"] == "someone-else"
     assert (
         requests.post(f"{server}/train/segmentation", json={}, headers=annotator, timeout=10).status_code
         == 403
