@@ -225,6 +225,13 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "settings": asdict(self.settings),
+            # random state, so a resumed run draws what the uninterrupted one would have drawn
+            # (augmentation and sampling are reseeded per epoch by the runner)
+            "stage_state": self.stage.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": (
+                torch.cuda.get_rng_state(self.info.device) if self.info.device.type == "cuda" else None
+            ),
         }
 
     def resume(self) -> None:
@@ -256,6 +263,13 @@ class Trainer:
         self.bad_epochs = state["bad_epochs"]
         self.history = list(state["history"])
         self.start_epoch = state["epoch"] + 1
+        if "stage_state" in state:
+            self.stage.load_state_dict(state["stage_state"])
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.info.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.info.device)
+        else:
+            log.warning("%s holds no random state (older run): simulated clicks restart from the seed", path)
         log.info(
             "resumed %s after epoch %d (best %s at epoch %s)",
             path,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from training.cli import main
+from training.engine import Trainer
 
 COMMON = ["--backbone", "tiny", "--epochs", "1", "--batch-size", "4", "--bootstrap", "50"]
 
@@ -251,3 +252,50 @@ def test_bad_input_exits_2(tiny_layout, tmp_path, capsys):
         == 2
     )
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_resume_draws_what_the_uninterrupted_run_draws(tiny_layout, tmp_path, monkeypatch):
+    """Resumed after epoch 1, epoch 2 equals a straight 2-epoch run: same simulated clicks, same loss.
+
+    Batch size 1 gives 8 interactive-or-not draws per epoch, so a click generator restarted from
+    its seed (what resuming did before it saved the generator) changes epoch 2's loss.
+    """
+    common = [
+        "segmentation",
+        "--data-root",
+        str(tiny_layout),
+        "--dataset",
+        "BUSI",
+        "--adapter",
+        "mona",
+        "--backbone",
+        "tiny",
+        "--batch-size",
+        "1",
+        "--bootstrap",
+        "20",
+        "--interactive-fraction",
+        "0.5",
+    ]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(*common, "--out", str(straight), "--epochs", "2") == 0
+
+    class Interrupted(Exception):
+        pass
+
+    save_epoch = Trainer._save_epoch
+
+    def save_then_stop(self, epoch, improved):  # the run is killed once epoch 1 is on disk
+        save_epoch(self, epoch, improved)
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_save_epoch", save_then_stop)
+        with pytest.raises(Interrupted):
+            run(*common, "--out", str(resumed), "--epochs", "2")
+    state = torch.load(resumed / "last_state.pt", map_location="cpu", weights_only=False)
+    assert "click_rng" in state["stage_state"]
+    assert run(*common, "--out", str(resumed), "--epochs", "2", "--resume") == 0
+    a, b = (json.loads((out / "history.json").read_text()) for out in (straight, resumed))
+    assert a[0]["train_loss"] == b[0]["train_loss"]
+    assert a[1]["train_loss"] == pytest.approx(b[1]["train_loss"], rel=1e-6)

@@ -53,6 +53,13 @@ class Stage:
     def validate(self, model: SonoVLM, loader: Any, info: DistInfo) -> dict[str, float]:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """The stage's own random state, saved with the training state for ``--resume``."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     def finish(self, model: SonoVLM, val_loader: Any, info: DistInfo) -> dict:
         """After training, with the best weights loaded (calibration); returns what to record."""
         return {}

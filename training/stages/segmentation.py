@@ -54,6 +54,14 @@ class SegmentationStage(Stage):
         self.criterion = segmentation_loss(loss)
         self.rng = np.random.default_rng(seed)  # same seed on every rank: same batches interactive
 
+    def state_dict(self) -> dict:
+        """The click simulation's generator (which batches are interactive, where the clicks fall)."""
+        return {"click_rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "click_rng" in state:
+            self.rng.bit_generator.state = state["click_rng"]
+
     def configure(self, model: SonoVLM, freeze_adapter: bool = False) -> None:
         super().configure(model, freeze_adapter)
         if self.interactive_fraction > 0 and isinstance(model.seg_head, ReferenceSegmentationHead):
