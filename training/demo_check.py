@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sonovlm.server_launcher import RunningServer
 
 REPO = Path(__file__).resolve().parents[1]
 #: Held-out studies written by default (a multiple of 6: every organ x pathology equally often).
@@ -47,7 +46,7 @@ def evaluate(url: str, studies: Path, cases: list) -> dict:
     """
     from monai.metrics import compute_roc_auc
     from monailabel.client import MONAILabelClient
-    from sonovlm.io.image import load_image
+    from sonovlm.io import load_image
     from sonovlm.io.mask import read_mask
 
     client = MONAILabelClient(url, tmpdir=str(studies.parent / "replies"))
@@ -99,7 +98,7 @@ def _classification_summary(group: list[dict], compute_roc_auc) -> dict:
 
 def plot_figure(result: dict, cases: list, path: Path) -> Path:
     """One case per organ (its median Dice): the frame, truth (green) and the server's mask (red)."""
-    from sonovlm.io.image import load_image
+    from sonovlm.io import load_image
     from sonovlm.io.mask import read_mask
 
     from .report import plot_overlays
@@ -132,13 +131,14 @@ def run_demo_check(args: argparse.Namespace) -> int:
     from sonovlm.sample_data import write_sample_studies
 
     work = Path(tempfile.mkdtemp(prefix="sonovlm-demo-check-"))
-    proc = None
+    server = None
     try:
         studies = work / "studies"
         cases = write_sample_studies(studies, count=args.count, seed=EVAL_SEED, label_every_case=True)
         url = args.url
         if url is None:
-            proc, url = serve(studies, work, {"weights": DEMO_WEIGHTS_ALIAS, "threads": args.threads})
+            server = serve(studies, work, {"weights": DEMO_WEIGHTS_ALIAS, "threads": args.threads})
+            url = server.url
         result = evaluate(url.rstrip("/"), studies, cases)
         if args.figure:
             plot_figure(result, cases, Path(args.figure))
@@ -147,41 +147,16 @@ def run_demo_check(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def serve(studies: Path, work: Path, conf: dict, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """Start ``monailabel start_server`` (a copy of the app in ``work``) on 127.0.0.1; wait for /info."""
-    import socket
+def serve(studies: Path, work: Path, conf: dict, timeout_s: float = 300.0) -> RunningServer:
+    """A server of the repository's ``monailabel_app`` on ``studies`` (127.0.0.1, scoring off;
+    app copy, model dir and ``server.log`` in ``work``), ready; ``server.stop()`` ends it."""
+    from sonovlm.server_launcher import start_server
 
-    from sonovlm.bench_server import server_command
-
-    app = work / "app"
-    app.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "monailabel_app" / "main.py", app / "main.py")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    conf = {"model_dir": str(work / "model"), "auto_scoring": "false", **conf}
-    log = open(work / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(server_command(app, studies, conf, port), stdout=log, stderr=subprocess.STDOUT,
-                            cwd=str(work), env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{(work / 'server.log').read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/info/", timeout=5):
-                return proc, url
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server did not answer /info/ within {timeout_s:.0f} s")
+    conf = {"auto_scoring": "false", **conf}
+    return start_server(REPO / "monailabel_app", studies, conf, work_dir=work, timeout=timeout_s)
 

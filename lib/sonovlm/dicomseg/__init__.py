@@ -14,14 +14,16 @@ highdicom 0.22 refuses a multi-frame source without a Frame of Reference.
 """
 
 from .coding import ORGAN_CODING, OrganCoding, format_findings, organ_coding, organ_from_codes, parse_findings
+from .content import SegAlgorithm, SegmentContent
 from .reader import SegLabel, read_dicom_seg
-from .writer import SegAlgorithm, segmentation_to_dicom_seg
+from .writer import segmentation_to_dicom_seg
 
 __all__ = [
     "ORGAN_CODING",
     "OrganCoding",
     "SegAlgorithm",
     "SegLabel",
+    "SegmentContent",
     "format_findings",
     "organ_coding",
     "organ_from_codes",

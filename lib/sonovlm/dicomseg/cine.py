@@ -21,8 +21,6 @@ This module writes the same object by hand, module by module, following the Segm
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.pixel_data_handlers.numpy_handler import pack_bits
@@ -31,9 +29,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from .. import __version__
-
-if TYPE_CHECKING:
-    from .writer import SegmentContent
+from .content import SegmentContent
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 

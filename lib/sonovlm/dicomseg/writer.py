@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,58 +27,10 @@ from pydicom.uid import generate_uid
 
 from .. import __version__
 from ..errors import SonoInputError
-from .coding import OrganCoding, format_findings, organ_coding
+from .cine import build_multiframe_seg
+from .coding import format_findings, organ_coding
+from .content import MANUFACTURER, SEG_SERIES_NUMBER, SegAlgorithm, SegmentContent
 from .source import number_of_frames, read_source, seg_ready_source
-
-#: Series Number of the SEG series SonoVLM writes (one new series per SEG).
-SEG_SERIES_NUMBER = 9701
-
-#: Manufacturer and model name in the Enhanced General Equipment module.
-MANUFACTURER = "SonoVLM"
-
-#: Content Label (VR CS) of a submitted label and of a model result.
-CONTENT_LABEL_MANUAL = "SONOVLM_LABEL"
-CONTENT_LABEL_AUTOMATIC = "SONOVLM_AUTO"
-
-
-@dataclass(frozen=True)
-class SegAlgorithm:
-    """The model that produced an automatic segmentation.
-
-    Attributes:
-        name: algorithm name (``SonoVLM``).
-        version: the served model's version (checkpoint id and time).
-    """
-
-    name: str = "SonoVLM"
-    version: str = "untrained"
-
-
-@dataclass(frozen=True)
-class SegmentContent:
-    """Everything about the one segment apart from its pixels (shared by both builders)."""
-
-    coding: OrganCoding
-    findings: str
-    algorithm: SegAlgorithm | None
-    content_creator: str | None
-
-    @property
-    def content_label(self) -> str:
-        return CONTENT_LABEL_AUTOMATIC if self.algorithm else CONTENT_LABEL_MANUAL
-
-    @property
-    def creator_pn(self) -> str | None:
-        """Content Creator's Name (VR PN): a user name as a one-component name (trailing ``^``)."""
-        if not self.content_creator:
-            return None
-        name = str(self.content_creator).strip()[:60]
-        return name if "^" in name else f"{name}^"
-
-    @property
-    def content_description(self) -> str:
-        kind = "automatic segmentation" if self.algorithm else "label"
-        return f"{self.coding.description} {kind}"[:64]
 
 
 def _frame_masks(
@@ -150,8 +101,6 @@ def segmentation_to_dicom_seg(
     )
     ready = seg_ready_source(dataset)
     if n_frames > 1 or "NumberOfFrames" in dataset:
-        from .cine import build_multiframe_seg
-
         return build_multiframe_seg(ready, masks, content, series_number=series_number)
     return _highdicom_seg(ready, masks[0], content, series_number)
 

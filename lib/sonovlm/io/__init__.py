@@ -12,14 +12,15 @@ Public API (a contract other modules rely on):
 All arrays follow the package conventions: ``(frames, rows, cols[, channels])``, 0-based,
 boxes ``[x0, y0, x1, y1]`` with exclusive ends, ``spacing_mm = (row_mm, col_mm)``.
 
-Modules: :mod:`.image` (data classes, entry points), :mod:`.reader` (dispatch by content),
+Modules: :mod:`.types` (data classes), :mod:`.reader` (entry points, dispatch by content),
 :mod:`.formats` (sniffing), :mod:`.dicom` / :mod:`.dicom_header` / :mod:`.dicom_pixels` /
 :mod:`.codestreams` (DICOM), :mod:`.raster` (Pillow), :mod:`.volume` (NRRD, NIfTI),
 :mod:`.regions`, :mod:`.colour`, :mod:`.mask`, :mod:`.imaging_area` (imaging area without
 region tags).
 """
 
-from .image import UltrasoundImage, UltrasoundRegion, load_image, load_mask
 from .mask import save_mask
+from .reader import load_image, load_mask
+from .types import UltrasoundImage, UltrasoundRegion
 
 __all__ = ["UltrasoundImage", "UltrasoundRegion", "load_image", "load_mask", "save_mask"]

@@ -32,8 +32,8 @@ from .dicom_header import (
     shown,
 )
 from .dicom_pixels import decode_pixels
-from .image import UltrasoundImage
 from .regions import regions_from_dataset
+from .types import UltrasoundImage
 
 
 def read_dataset(path: str | os.PathLike, force: bool = False):

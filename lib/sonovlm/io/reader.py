@@ -1,19 +1,27 @@
-"""``load_image``'s dispatch: sniff the file, call the reader for its kind."""
+"""Entry points of :mod:`sonovlm.io`: :func:`load_image` (sniff the file, call the reader for its
+kind) and :func:`load_mask`."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ..errors import SonoInputError
 from .dicom import read_dicom
 from .formats import DICOM, DICOM_RAW, NIFTI, NRRD, NUMPY, RASTER, sniff
-from .image import UltrasoundImage, UltrasoundRegion
+from .mask import read_mask
 from .raster import read_raster
+from .types import UltrasoundImage, UltrasoundRegion
 from .volume import Volume, read_nifti, read_nrrd
 
 
-def read_image(path: str | os.PathLike) -> UltrasoundImage:
-    """See :func:`sonovlm.io.load_image`."""
+def load_image(path: str | os.PathLike) -> UltrasoundImage:
+    """Read PNG/JPEG/BMP/TIFF, DICOM (single or multi-frame) or NIfTI/NRRD into an UltrasoundImage.
+
+    Raises :class:`~sonovlm.errors.SonoInputError` naming the file for a missing file, a
+    non-image, truncated or corrupt pixel data, or an unsupported transfer syntax.
+    """
     kind = sniff(path)
     source = os.fspath(path)
     if kind in (DICOM, DICOM_RAW):
@@ -27,6 +35,16 @@ def read_image(path: str | os.PathLike) -> UltrasoundImage:
     if kind == NUMPY:
         raise SonoInputError(path, "a .npy file is read as a mask, not an image")
     raise SonoInputError(path, f"cannot read an image from a {kind} file")  # pragma: no cover
+
+
+def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a lesion mask as ``(rows, cols)`` uint8 (values as stored; non-zero = lesion).
+
+    ``shape`` is the ``(rows, cols)`` of the image it belongs to; a mismatch raises
+    :class:`~sonovlm.errors.SonoInputError`. See :func:`sonovlm.io.mask.read_mask` for the
+    rules per format.
+    """
+    return read_mask(path, shape)
 
 
 def _channels(frames) -> int:

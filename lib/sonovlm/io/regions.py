@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from .image import UltrasoundRegion
+from .types import UltrasoundRegion
 
 #: DICOM PhysicalUnits{X,Y}Direction code for centimetres.
 CENTIMETRES = 3

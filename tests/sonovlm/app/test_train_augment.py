@@ -10,12 +10,11 @@ from monai.transforms import Compose
 from sonovlm.app.config import AppConfig
 from sonovlm.app.datastore import SonoDatastore
 from sonovlm.app.model_store import ModelStore
-from sonovlm.app.train import (
+from sonovlm.app.train import ClassificationTrainer, SegmentationTrainer
+from sonovlm.app.train_data import (
     DEFAULT_AUGMENT,
-    ClassificationTrainer,
     FinaliseTrainingItem,
     LoadTrainingItem,
-    SegmentationTrainer,
     _check_train_request,
 )
 from sonovlm.errors import SonoInputError

@@ -11,9 +11,9 @@ from monai.engines import SupervisedTrainer
 from monai.inferers import SimpleInferer
 from sonovlm.app.config import AppConfig
 from sonovlm.app.model_store import ModelStore
-from sonovlm.app.train import (
+from sonovlm.app.train import SegmentationTrainer
+from sonovlm.app.train_data import (
     DEFAULT_INTERACTIVE_FRACTION,
-    SegmentationTrainer,
     _check_train_request,
     prepare_organ_batch,
 )

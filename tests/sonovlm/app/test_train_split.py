@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sonovlm.app.train import split_by_image
+from sonovlm.app.train_data import split_by_image
 
 
 def items(ids):

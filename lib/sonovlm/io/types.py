@@ -1,12 +1,12 @@
-"""Data classes and entry points of :mod:`sonovlm.io`.
+"""Data classes of :mod:`sonovlm.io`: :class:`UltrasoundImage` and :class:`UltrasoundRegion`.
 
-The readers live in their own modules (:mod:`.dicom`, :mod:`.raster`, :mod:`.volume`) and the
-mask reader/writer in :mod:`.mask`; this module holds what every caller sees.
+The readers (:mod:`.dicom`, :mod:`.raster`, :mod:`.volume`) build these; the entry points
+``load_image`` / ``load_mask`` live in :mod:`.reader`. This module imports no reader, so the
+readers can import it without a circle.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +14,6 @@ import numpy as np
 from ..errors import SonoInputError
 from .colour import luma
 from .imaging_area import estimate_imaging_bbox
-from .mask import read_mask
 
 
 @dataclass(frozen=True)
@@ -144,24 +143,3 @@ class UltrasoundImage:
         x0, y0, x1, y1 = self.imaging_bbox()
         return self.frames[:, y0:y1, x0:x1]
 
-
-def load_image(path: str | os.PathLike) -> UltrasoundImage:
-    """Read PNG/JPEG/BMP/TIFF, DICOM (single or multi-frame) or NIfTI/NRRD into an UltrasoundImage.
-
-    Raises :class:`~sonovlm.errors.SonoInputError` naming the file for a missing file, a
-    non-image, truncated or corrupt pixel data, or an unsupported transfer syntax.
-    """
-    # The readers build UltrasoundImage objects, so they import this module; import them here.
-    from .reader import read_image
-
-    return read_image(path)
-
-
-def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a lesion mask as ``(rows, cols)`` uint8 (values as stored; non-zero = lesion).
-
-    ``shape`` is the ``(rows, cols)`` of the image it belongs to; a mismatch raises
-    :class:`~sonovlm.errors.SonoInputError`. See :func:`sonovlm.io.mask.read_mask` for the
-    rules per format.
-    """
-    return read_mask(path, shape)
