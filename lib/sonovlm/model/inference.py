@@ -7,6 +7,9 @@ version and pixel digest), and segmentation for any organ, prompt or interaction
 previous mask), classification, the embedding and MC-dropout uncertainty all reuse them (the heads
 are light).
 
+``precision`` (:mod:`.precision`: ``auto``, ``fp32``, ``bf16``, ``int8``) picks bf16 autocast
+around the forwards or int8 dynamic quantisation of the backbone; results stay float32.
+
 :func:`load_model` builds the model the CLI and the server use from ``--backbone``, ``--adapter``
 and ``--weights``.
 """
@@ -28,6 +31,7 @@ from torch import nn
 from ..errors import SonoInputError
 from ..organs import PATHOLOGIES, organ_label
 from .interaction import Interaction, encode_interaction
+from .precision import Precision, apply_precision, autocast, resolve_precision
 from .preprocess import FrameGeometry, check_frame, from_model_space
 from .sonovlm_model import ModelConfig, SonoVLM, VisionFeatures
 
@@ -174,13 +178,25 @@ class Predictor:
         model: the model to serve.
         device: where it runs.
         feature_cache_bytes: budget of the feature cache (default :data:`FEATURE_CACHE_BYTES`).
+        precision: ``fp32`` (default), ``bf16``, ``int8``, ``auto`` or a resolved
+            :class:`~sonovlm.model.precision.Precision`; ``int8`` quantises ``model``'s backbone
+            in place (see :mod:`sonovlm.model.precision`).
+
+    Raises:
+        SonoInputError: a precision this device cannot run (names ``--conf precision``).
     """
 
     def __init__(
-        self, model: SonoVLM, device: str | torch.device = "cpu", feature_cache_bytes: int | None = None
+        self,
+        model: SonoVLM,
+        device: str | torch.device = "cpu",
+        feature_cache_bytes: int | None = None,
+        precision: str | Precision = "fp32",
     ) -> None:
         self.device = torch.device(device)
+        self.precision: Precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        self.precision_details: dict[str, Any] = apply_precision(self.model, self.precision)
         self.model_version: str = model.version
         self._config_version = model.config.version
         self.backbone_info: dict[str, Any] = dict(model.backbone_info)
@@ -208,11 +224,26 @@ class Predictor:
             if cached is not None:
                 return cached
             pixel_values, geometry = self.model.preprocess_frame(image, frame)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 vision = self.model.encode_image(pixel_values.unsqueeze(0).to(self.device))
+            if self.precision.resolved == "bf16":  # cached and returned as float32
+                vision = VisionFeatures(
+                    levels=[level.float() for level in vision.levels], embedding=vision.embedding.float()
+                )
             features = FrameFeatures(vision=vision, geometry=geometry, frame=frame)
             self._cache.put(key, features)
             return features
+
+    def _autocast(self):
+        """bf16 autocast on this device for ``bf16``, else a no-op context."""
+        return autocast(self.precision, self.device)
+
+    def precision_info(self) -> dict[str, Any]:
+        """``{"requested", "resolved", "reason"}`` (and ``quantized_layers`` for int8): for model info."""
+        info: dict[str, Any] = self.precision.to_dict()
+        if self.precision.resolved == "int8":
+            info["quantized_layers"] = self.precision_details.get("quantized_layers", 0)
+        return info
 
     @property
     def model_card(self) -> dict[str, Any] | None:
@@ -275,7 +306,7 @@ class Predictor:
             if interaction is not None and not interaction.is_empty:
                 maps = encode_interaction(interaction, features.geometry).unsqueeze(0)
             condition = self._condition(organ, prompt)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 logits = self.model.segment_logits(features.vision, condition, maps)
                 probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu()
         frame_probability = from_model_space(probability, features.geometry).numpy().astype(np.float32)
@@ -361,7 +392,7 @@ class Predictor:
         with self._lock:
             features = self.features(image, frame)
             organ_ids = torch.tensor([index], device=self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 logits = self.model.classify_logits(features.vision, organ_ids)
                 benign = float(self.model.cls_head.probabilities(logits.float())[0, 0])
         return ClassificationResult(
@@ -398,7 +429,7 @@ class Predictor:
             try:
                 for module in dropouts:
                     module.train()
-                with torch.inference_mode():
+                with torch.inference_mode(), self._autocast():
                     logits = head(levels, condition)
             finally:
                 for module in dropouts:
