@@ -276,10 +276,3 @@ def install_auth_fix() -> None:
     if not _installed:
         logger.debug("MONAI Label token decoding replaced (JWKS, algorithms %s)", ", ".join(ALGORITHMS))
         _installed = True
-
-
-def auth_fix_installed() -> bool:
-    """Whether MONAI Label currently uses :func:`from_token`."""
-    from monailabel.endpoints.user import auth as monai_auth
-
-    return monai_auth.from_token is from_token

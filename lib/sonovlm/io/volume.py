@@ -42,7 +42,6 @@ _COMPONENT_KINDS = {
 }
 #: NRRD axis kinds that step through frames (Slicer sequences use ``list``).
 _FRAME_KINDS = {"list", "time", "sequence"}
-_SPATIAL_KINDS = {"domain", "space", "none", "???"}
 
 _LENGTH_TO_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "m": 1000.0, "meter": 1000.0, "um": 1e-3,
                  "micron": 1e-3, "µm": 1e-3}

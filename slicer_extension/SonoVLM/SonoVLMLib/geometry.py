@@ -30,13 +30,6 @@ def pixel_points_to_ras(
     return (np.asarray(ijk_to_ras, dtype=float) @ ijk1.T).T[:, :3]
 
 
-def ras_points_to_pixel(ijk_to_ras: np.ndarray, points_ras: Sequence[Sequence[float]]) -> np.ndarray:
-    """``(x, y)`` pixel positions ``(n, 2)`` of RAS points (the inverse of :func:`pixel_points_to_ras`)."""
-    points = np.asarray(points_ras, dtype=float).reshape(-1, 3)
-    ras1 = np.column_stack([points, np.ones(len(points))])
-    return (np.linalg.inv(np.asarray(ijk_to_ras, dtype=float)) @ ras1.T).T[:, :2]
-
-
 def matrix_to_array(vtk_matrix) -> np.ndarray:
     """A ``vtkMatrix4x4`` as a 4x4 NumPy array."""
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
@@ -61,8 +54,3 @@ def volume_ijk_to_ras(volume_node) -> np.ndarray:
     volume_node.GetIJKToRASMatrix(matrix)
     return matrix_to_array(matrix)
 
-
-def volume_spacing_mm(volume_node) -> tuple[float, float]:
-    """``(row_mm, col_mm)`` of a volume node (Slicer's spacing is ``(col, row, slice)``)."""
-    col_mm, row_mm, _ = volume_node.GetSpacing()
-    return float(row_mm), float(col_mm)

@@ -1,7 +1,9 @@
 """Organs (lesion kinds) the extension offers, with their segment names and fixed colours.
 
-Label values must equal the server's (``sonovlm.organs.ORGAN_LABELS``; the project's tests
-check it). Colours are fixed per organ so that a sonographer recognises the target at a glance.
+Label values must equal the server's (``sonovlm.organs.ORGAN_LABELS``;
+``tests/slicer_extension/test_organs.py`` checks it). The pathology choices live in the panel's
+``.ui`` (``unknown`` sends none), and the same test checks them against the server's.
+Colours are fixed per organ so that a sonographer recognises the target at a glance.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ ORGAN_COLOURS = {
     "breast_lesion": (0.90, 0.30, 0.55),
     "thyroid_nodule": (0.98, 0.70, 0.15),
 }
-
-#: Pathology choices in the panel; "unknown" sends none with the label.
-PATHOLOGY_CHOICES = ("unknown", "benign", "malignant")
 
 #: Segment tag that records which organ a segment is (its name may be edited by the user).
 ORGAN_TAG = "SonoVLM.organ"
