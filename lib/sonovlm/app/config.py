@@ -14,6 +14,7 @@ from pathlib import Path
 from ..demo_model import DEMO_WEIGHTS_ALIAS, demo_checkpoint
 from ..errors import SonoInputError
 from ..model.backbone import DEFAULT_BACKBONE
+from ..model.precision import PRECISION_KEY, Precision, parse_precision, resolve_precision
 
 #: Adapter kinds ``--conf adapter`` accepts (see :class:`sonovlm.model.AdapterConfig`).
 ADAPTER_KINDS: tuple[str, ...] = ("lora", "mona", "hybrid", "none")
@@ -79,6 +80,8 @@ class AppConfig:
         weights: checkpoint (safetensors) served while nothing has been published, or ``None``;
             ``demo`` is the packaged demo model (simulated phantoms, not for clinical use).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 where the CPU or GPU has native bfloat16, else int8 on a CPU),
+            ``fp32``, ``bf16`` or ``int8`` (see :mod:`sonovlm.model.precision`).
         models: the task names enabled.
         model_dir: where published models, their history and ``train_stats`` live.
         threads: torch threads for inference in the server (0 = torch's default).
@@ -96,6 +99,7 @@ class AppConfig:
     adapter: str | None = None
     weights: str | None = None
     device: str = "auto"
+    precision: str = "auto"
     models: tuple[str, ...] = MODEL_NAMES
     model_dir: Path = Path("model")
     threads: int = 0
@@ -158,6 +162,7 @@ class AppConfig:
             adapter=adapter,
             weights=weights,
             device=device,
+            precision=parse_precision(conf.pop("precision", "auto"), PRECISION_KEY),
             models=models,
             model_dir=model_dir_path.resolve(),
             threads=_parse_number("threads", conf.pop("threads", 0), 0),
@@ -179,3 +184,11 @@ class AppConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise SonoInputError("--conf device", f"{self.device!r} asked for but CUDA is not available")
         return self.device
+
+    def resolved_precision(self, device: str | None = None) -> Precision:
+        """What ``precision`` means on ``device`` (default :meth:`resolved_device`).
+
+        Raises:
+            SonoInputError: naming ``--conf precision`` (int8 on CUDA, bf16 on a GPU without it).
+        """
+        return resolve_precision(self.precision, device or self.resolved_device(), PRECISION_KEY)

@@ -119,6 +119,12 @@ def parse_request(
     return FrameRequest(organ, source, prompt, frame, extension)
 
 
+def precision_of(predictor: Any) -> dict[str, Any] | None:
+    """The predictor's precision for a reply (requested, resolved, reason), or None if it has none."""
+    info = getattr(predictor, "precision_info", None)
+    return info() if callable(info) else None
+
+
 def restrict_to_imaging_area(mask: np.ndarray, bbox: Sequence[int]) -> np.ndarray:
     """Zero every pixel of ``mask`` (rows, cols) outside ``bbox`` ``(x0, y0, x1, y1)``."""
     x0, y0, x1, y1 = (int(v) for v in bbox)
@@ -320,6 +326,7 @@ class SegmentationTask(_SonoInferTask):
             result = predictor.segment(image, request.organ, prompt=request.prompt, frame=request.frame)
             data["model_version"] = predictor.model_version
             data["model_card"] = predictor.model_card
+            data["precision"] = precision_of(predictor)
         mask = np.asarray(result.mask).astype(np.uint8)
         if mask.shape != (image.height, image.width):
             raise RuntimeError(f"model returned a {mask.shape} mask for a {image.height}x{image.width} frame")
@@ -365,6 +372,7 @@ class SegmentationTask(_SonoInferTask):
             "measurements": measurements,
             "model_version": data["model_version"],
             "model_card": data["model_card"],
+            "precision": data.get("precision"),
             "frame": request.frame,
             "n_frames": image.n_frames,
             "rows": image.height,
@@ -398,6 +406,7 @@ class ClassificationTask(_SonoInferTask):
             data["pred"] = predictor.classify(data["sono_image"], request.organ, frame=request.frame)
             data["model_version"] = predictor.model_version
             data["model_card"] = predictor.model_card
+            data["precision"] = precision_of(predictor)
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[None, dict[str, Any]]:
@@ -415,6 +424,7 @@ class ClassificationTask(_SonoInferTask):
             "zero_shot_only": bool(result.zero_shot_only),
             "model_version": data["model_version"],
             "model_card": data["model_card"],
+            "precision": data.get("precision"),
             "frame": request.frame,
         }
         self._remember(data, "classification", {**reply, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -48,6 +48,7 @@ from .infer import (
     ResultSink,
     SegmentationTask,
     parse_request,
+    precision_of,
     restrict_to_imaging_area,
     segmentation_config,
 )
@@ -220,6 +221,7 @@ class InteractiveTask(SegmentationTask):
             )
             data["model_version"] = predictor.model_version
             data["model_card"] = predictor.model_card
+            data["precision"] = precision_of(predictor)
             data["interaction_trained"] = predictor.model.seg_head.interaction.is_trained
         mask = restrict_to_imaging_area(np.asarray(result.mask).astype(np.uint8), image.imaging_bbox())
         data["pred"] = np.where(mask != 0, organ_label(request.organ), 0).astype(np.uint8)

@@ -37,7 +37,7 @@ def new_predictor(config: AppConfig, device: str) -> Any:
     from ..model import Predictor, load_model
 
     model = load_model(backbone=config.backbone, adapter=config.adapter or DEFAULT_ADAPTER, device=device)
-    return Predictor(model, device)
+    return Predictor(model, device, precision=config.resolved_precision(device))
 
 
 def load_predictor(path: str | os.PathLike, config: AppConfig, device: str) -> Any:
@@ -45,7 +45,7 @@ def load_predictor(path: str | os.PathLike, config: AppConfig, device: str) -> A
     from ..model import Predictor, load_model
 
     model = load_model(backbone=config.backbone, adapter=config.adapter, weights=path, device=device)
-    return Predictor(model, device)
+    return Predictor(model, device, precision=config.resolved_precision(device))
 
 
 def load_training_model(config: AppConfig, store: Any, device: Any) -> tuple[Any, dict[str, Any]]:
@@ -144,7 +144,7 @@ def prepare(path: str | os.PathLike, config: AppConfig, device: str, served: Any
             model.load_trainable_state_dict(backup)
             model.config.version, model.model_card = previous_version, previous_card
             raise
-        return Predictor(model, device)
+        return Predictor(model, device, precision=served.precision)
 
     return PreparedModel(version=version, activate=activate, in_place=True)
 

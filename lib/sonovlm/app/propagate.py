@@ -39,6 +39,7 @@ from .infer import (
     OrganLookup,
     ResultSink,
     SegmentationTask,
+    precision_of,
     restrict_to_imaging_area,
     slicer_mask_spacing,
 )
@@ -147,6 +148,7 @@ class PropagateTask(InteractiveTask):
             )
             data["model_version"] = predictor.model_version
             data["model_card"] = predictor.model_card
+            data["precision"] = precision_of(predictor)
         masks = np.zeros((image.n_frames, image.height, image.width), np.uint8)
         confidence: list[float | None] = [None] * image.n_frames
         for result in results:
@@ -184,6 +186,7 @@ class PropagateTask(InteractiveTask):
             "review_first": sorted(segmented, key=lambda f: (confidence[f], f)),
             "model_version": data["model_version"],
             "model_card": data["model_card"],
+            "precision": data.get("precision"),
             "prompt": request.prompt,
             "result_extension": PROPAGATE_EXTENSION,
             "format": "NRRD labelmap (cols, rows, frames), frames as slices; zero outside first..last",

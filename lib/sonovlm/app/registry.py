@@ -52,6 +52,7 @@ class ModelRegistry:
         self.images = images
         self.watch_interval_s = watch_interval_s
         self.device = config.resolved_device()
+        self.precision = config.resolved_precision(self.device)  # a bad --conf precision stops here
         self._lock = threading.RLock()
         self._predictor: Any = None
         self._source = "none"
@@ -231,7 +232,12 @@ class ModelRegistry:
     def info(self) -> dict[str, Any]:
         """What ``/info`` shows for each task: backbone, adapter, served version, any load error."""
         if self._predictor is None:
-            return {"backbone": self.config.backbone, "adapter": self.config.adapter, "model_version": None}
+            return {
+                "backbone": self.config.backbone,
+                "adapter": self.config.adapter,
+                "model_version": None,
+                "precision": self.precision.to_dict(),
+            }
         predictor = self._predictor
         key = (id(predictor), predictor.model_version)
         if self._described is None or self._described[0] != key:
@@ -239,7 +245,12 @@ class ModelRegistry:
             self._described = (key, model_access.describe(predictor))
         details = dict(self._described[1])
         details.update(
-            {"model_version": self.model_version, "model_source": self._source, "device": self.device}
+            {
+                "model_version": self.model_version,
+                "model_source": self._source,
+                "device": self.device,
+                "precision": predictor.precision_info(),
+            }
         )
         if self.load_error:
             details["model_load_error"] = self.load_error
