@@ -41,24 +41,17 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import requests
-from dicomweb_client import DICOMwebClient
-from dicomweb_client.web import _Transaction
 from fastapi import HTTPException
-from filelock import FileLock
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
-from pydicom.dataset import Dataset
 
 from ..errors import SonoInputError
-from .atomic import file_signature, read_json, write_atomic, write_bytes_atomic, write_json_atomic
+from .atomic import write_atomic, write_bytes_atomic, write_json_atomic
 from .http import image_exists, input_errors_as_http, not_found, replace_requested
 from .labels import (
     CheckedLabel,
@@ -69,6 +62,29 @@ from .labels import (
     resolve_pathology,
     write_label,
 )
+from .pacs_client import (
+    PacsClient,
+    connect,
+    dicom_datetime_now,
+    is_outage,
+    pacs_error,
+    pacs_unavailable,
+)
+from .pacs_index import LABEL_INFO_KEYS, Outbox, PacsIndex, pacs_history
+
+__all__ = [
+    "BODY_PART_ORGAN",
+    "DEFAULT_SEARCH_FILTER",
+    "IMAGE_INFO_KEYS",
+    "LABEL_INFO_KEYS",
+    "DICOMwebUltrasoundDatastore",
+    "PacsClient",
+    "build_datastore",
+    "dicomweb_cache_dir",
+    "is_outage",
+    "pacs_error",
+    "pacs_unavailable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,64 +97,11 @@ DEFAULT_SEARCH_FILTER: dict[str, str] = {"Modality": "US"}
 #: An unknown image id re-lists the PACS only if the listing is older than this (seconds).
 RELIST_UNKNOWN_S = 2.0
 
-#: QIDO page size (servers cap results; we page until a short page).
-PAGE_SIZE = 500
-
-#: WADO-RS Accept header: DICOM in the transfer syntax it was stored in (PS3.18 8.7.3.5.2).
-ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-#: Keys of a label's info that are kept (a whitelist: nothing else a client sends is stored).
-LABEL_INFO_KEYS = (
-    "organ",
-    "pathology",
-    "frame",
-    "annotated_frames",
-    "measurements",
-    "saved_by",
-    "saved_at",
-    "client_id",
-    "model_version",
-    "comment",
-)
-
 #: Keys of an image's info a client may set (PUT /datastore/image/info).
 IMAGE_INFO_KEYS = ("organ", "pathology", "comment")
 
 #: Body Part Examined values that tell the organ of an image nobody labelled yet.
 BODY_PART_ORGAN = {"BREAST": "breast_lesion", "THYROID": "thyroid_nodule"}
-
-_SOP_INSTANCE = "00080018"
-_SOP_CLASS = "00080016"
-_STUDY = "0020000D"
-_SERIES = "0020000E"
-_FRAMES = "00280008"
-_BODY_PART = "00180015"
-_MODALITY = "00080060"
-
-
-def _no_bulk_data(*_: Any) -> bytes:
-    """Bulk data (pixels) of a metadata response is not fetched: only the header is read."""
-    return b""
-
-
-def _tag_value(item: dict[str, Any], tag: str) -> Any:
-    values = item.get(tag, {}).get("Value") or [None]
-    return values[0]
-
-
-def _now_stamp() -> str:
-    """``YYYYMMDDHHMMSS.ffffff`` (the form of DICOM Content Date + Time, so both sort together)."""
-    now = time.time()
-    return time.strftime("%Y%m%d%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
-
-
-def _iso_from_dicom(stamp: str) -> str:
-    """``YYYY-MM-DDTHH:MM:SS`` of a DICOM ``YYYYMMDDHHMMSS[.ffffff]`` (as given when not that form)."""
-    digits = stamp.split(".")[0]
-    if len(digits) < 14 or not digits.isdigit():
-        return stamp
-    return f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}T{digits[8:10]}:{digits[10:12]}:{digits[12:14]}"
 
 
 def _iso_now() -> str:
@@ -152,52 +115,9 @@ def _who(info: dict[str, Any]) -> str:
     return "anonymous"
 
 
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the PACS is away (try again later), not that it refused the request."""
-    if isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return True
-    response = getattr(exc, "response", None)
-    return response is not None and (response.status_code >= 500 or response.status_code in (408, 429))
-
-
-def pacs_error(url: str, exc: BaseException) -> HTTPException:
-    """503 when the PACS is away, 502 when it refused (the reason only: its text may hold UIDs)."""
-    if is_outage(exc) or not isinstance(exc, requests.HTTPError):
-        return pacs_unavailable(url, exc)
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    reason = f"HTTP {status}" if status else str(exc)[:200]
-    return HTTPException(status_code=502, detail=f"the PACS at {url} refused the request ({reason})")
-
-
-def pacs_unavailable(url: str, exc: BaseException) -> HTTPException:
-    """503 naming the PACS; the reason is the exception's class only (its text may hold URLs with UIDs)."""
-    return HTTPException(
-        status_code=503, detail=f"the PACS at {url} cannot be reached ({type(exc).__name__})"
-    )
-
-
-class PacsClient(DICOMwebClient):
-    """dicomweb-client with raw-byte retrieval and storage (instances kept exactly as stored)."""
-
-    def instance_bytes(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
-        """The Part 10 bytes of one instance, in its stored transfer syntax."""
-        url = self._get_instances_url(_Transaction.RETRIEVE, study_uid, series_uid, sop_uid)
-        response = self._http_get(url, headers={"Accept": ACCEPT_AS_STORED})
-        if response.headers.get("Content-Type", "").startswith("application/dicom"):
-            return response.content  # a non-conforming single part; dicomweb-client accepts it too
-        parts = list(self._decode_multipart_message(response, stream=False))
-        if len(parts) != 1:
-            raise ValueError(f"expected one instance, the PACS sent {len(parts)}")
-        return bytes(parts[0])
-
-    def store_bytes(self, data: bytes) -> None:
-        """STOW-RS one Part 10 file; ``requests.HTTPError`` when the PACS refuses it."""
-        url = self._get_studies_url(_Transaction.STORE, None)
-        reply = self._http_post_multipart_application_dicom(url, [data])
-        failed = reply.get("FailedSOPSequence")
-        if failed:
-            reasons = ", ".join(str(item.get("FailureReason", "?")) for item in failed)
-            raise requests.HTTPError(f"the PACS refused the instance (failure reason {reasons})")
+def _write_json(path: Path, obj: Any) -> None:
+    """The index's writer: this module's ``write_json_atomic``, looked up at each call."""
+    write_json_atomic(path, obj)
 
 
 # -- construction -------------------------------------------------------------------------------------
@@ -227,13 +147,8 @@ def build_datastore(studies_url: str, conf: dict[str, str] | None = None) -> DIC
 
     Raises :class:`SonoInputError` for a bad ``conf`` value.
     """
-    from monailabel.config import settings
-
     conf = conf or {}
     url = studies_url.rstrip("/").strip()
-    session = requests.Session()
-    if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
-        session.auth = (settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)
     try:
         refresh_s = float(conf.get("dicomweb_refresh_s", 30))
         timeout_s = float(conf.get("dicomweb_timeout_s", 30))
@@ -249,16 +164,8 @@ def build_datastore(studies_url: str, conf: dict[str, str] | None = None) -> DIC
             search_filter = dict(json.loads(conf["dicomweb_filter"]))
         except (ValueError, TypeError) as exc:
             raise SonoInputError("--conf dicomweb_filter", f"expected a JSON object: {exc}") from None
-    client = PacsClient(
-        url=url,
-        session=session,
-        qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-        wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-        stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
-    )
-    client.set_http_retry_params(retry=False)
     return DICOMwebUltrasoundDatastore(
-        client,
+        connect(url),
         dicomweb_cache_dir(url, conf),
         search_filter=search_filter,
         refresh_s=refresh_s,
@@ -273,7 +180,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
     """MONAI Label datastore over a DICOMweb PACS for ultrasound (see the module notes).
 
     Args:
-        client: the PACS client (:class:`PacsClient`).
+        client: the PACS client (:class:`PacsClient`); its requests get ``timeout_s``.
         cache_dir: local cache folder (created).
         search_filter: QIDO filter of the series listed.
         refresh_s: how long a listing is used before the PACS is asked again.
@@ -299,290 +206,67 @@ class DICOMwebUltrasoundDatastore(Datastore):
         self._description = "Ultrasound images of a DICOMweb PACS; labels stored back as DICOM SEG"
         for sub in ("images", "labels", "outbox", STATE_DIR):
             (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
-        self._index_path = self.cache_dir / "index.json"
-        self._file_lock = FileLock(str(self.cache_dir / ".lock"))
-        self._mutex = threading.RLock()
-        self._signature: tuple[int, int, int] | None = None
-        self._index: dict[str, Any] = self._empty_index()
-        self._listed_at = 0.0  # monotonic time of the last successful listing in this process
+        self._outbox = Outbox(self.cache_dir / "outbox")
+        self._index = PacsIndex(self.cache_dir / "index.json", self._outbox, write_json=_write_json)
         self._pacs_error: str | None = None
-        self._timeout_patch()
-        with self._locked():
-            self._read_index()
-
-    def _timeout_patch(self) -> None:
-        # dicomweb-client has no timeout setting; its session does.
-        session = self._client._session
-        original = session.request
-        timeout = self.timeout_s
-
-        def request(method, url, **kwargs):
-            kwargs.setdefault("timeout", timeout)
-            return original(method, url, **kwargs)
-
-        session.request = request
-
-    # -- index: one JSON file, written atomically, re-read under the lock ------------------------------
-
-    @staticmethod
-    def _empty_index() -> dict[str, Any]:
-        return {"version": 1, "images": {}, "labels": {}, "image_info": {}, "segs": {}}
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._mutex, self._file_lock:
-            yield
-
-    def _read_index(self) -> None:
-        signature = file_signature(self._index_path)
-        if signature is None or signature == self._signature:
-            return
-        try:
-            data = read_json(self._index_path, default=None)
-            if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
-                raise ValueError("not a SonoVLM DICOMweb index")
-        except ValueError as exc:
-            aside = self._index_path.with_name(f"index.json.broken-{int(time.time())}")
-            os.replace(self._index_path, aside)
-            logger.error(
-                "DICOMweb index unreadable (%s); kept as %s, rebuilding from the PACS", exc, aside.name
-            )
-            self._index = self._empty_index()
-            self._signature = None
-            self._listed_at = 0.0
-            self._recover_outbox()
-            return
-        index = self._empty_index()
-        index.update(data)
-        self._index = index
-        self._signature = signature
-
-    def _write_index(self) -> None:
-        write_json_atomic(self._index_path, self._index)
-        self._signature = file_signature(self._index_path)
-
-    def _recover_outbox(self) -> None:
-        """Re-register labels whose SEG waits in the outbox (after the index was lost)."""
-        from ..dicomseg import read_dicom_seg
-
-        for path in sorted((self.cache_dir / "outbox").glob("*.dcm")):
-            try:
-                seg = read_dicom_seg(path)
-            except SonoInputError as exc:
-                logger.error("Outbox file %s unreadable, left in place: %s", path.name, exc)
-                continue
-            record = self._record_from_seg(seg, pacs="pending")
-            record["outbox"] = path.name
-            self._index["labels"].setdefault(DefaultLabelTag.FINAL.value, {})[seg.source_sop_instance_uid] = (
-                record
-            )
-        self._write_index()
+        client.set_timeout(timeout_s)
+        with self._index.locked():
+            self._index.read()
 
     # -- listing -----------------------------------------------------------------------------------------
-
-    def _search(self, level: str, **kwargs: Any) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
-        offset = 0
-        search = self._client.search_for_series if level == "series" else self._client.search_for_instances
-        while True:
-            page = search(limit=PAGE_SIZE, offset=offset, **kwargs)
-            results.extend(page)
-            if len(page) < PAGE_SIZE:
-                return results
-            offset += len(page)
 
     def _refresh(self, force: bool = False) -> None:
         """Re-list images and labels when the listing is older than ``refresh_s`` (or ``force``).
 
         A PACS that cannot be reached leaves the last listing in place (logged once per outage).
         """
-        if not force and self._listed_at and time.monotonic() - self._listed_at < self.refresh_s:
+        index = self._index
+        if not force and index.listed_at and time.monotonic() - index.listed_at < self.refresh_s:
             return
         try:
-            images = self._list_instances(self.search_filter)
-            segs = self._list_instances({"Modality": "SEG"})
+            images = self._client.list_instances(self.search_filter)
+            segs = self._client.list_instances({"Modality": "SEG"})
         except (requests.RequestException, ValueError) as exc:
             if self._pacs_error is None:
                 logger.warning(
                     "PACS %s unreachable (%s); using the last listing", self.url, type(exc).__name__
                 )
             self._pacs_error = type(exc).__name__
-            self._listed_at = time.monotonic()  # do not retry on every request
+            index.listed_at = time.monotonic()  # do not retry on every request
             return
         if self._pacs_error is not None:
             logger.info("PACS %s reachable again", self.url)
         self._pacs_error = None
-        with self._locked():
-            self._read_index()
-            self._index["images"] = images
-            self._merge_pacs_labels(segs)
-            self._write_index()
-        self._listed_at = time.monotonic()
-        self._flush_outbox()
-
-    def _list_instances(self, series_filter: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """``{SOP Instance UID: {study, series, sop_class, frames, body_part}}`` of matching series."""
-        found: dict[str, dict[str, Any]] = {}
-        for series in self._search("series", search_filters=series_filter):
-            study_uid, series_uid = _tag_value(series, _STUDY), _tag_value(series, _SERIES)
-            if not study_uid or not series_uid:
-                continue
-            body_part = _tag_value(series, _BODY_PART)
-            modality = _tag_value(series, _MODALITY)
-            instances = self._search(
-                "instances",
-                study_instance_uid=study_uid,
-                series_instance_uid=series_uid,
-                fields=["NumberOfFrames", "BodyPartExamined"],
-            )
-            for item in instances:
-                sop_uid = _tag_value(item, _SOP_INSTANCE)
-                if not sop_uid:
-                    continue
-                frames = _tag_value(item, _FRAMES)
-                found[str(sop_uid)] = {
-                    "study": str(study_uid),
-                    "series": str(series_uid),
-                    "sop_class": str(_tag_value(item, _SOP_CLASS) or ""),
-                    "modality": str(modality or ""),
-                    "frames": int(frames) if frames not in (None, "") else 1,
-                    "body_part": str(_tag_value(item, _BODY_PART) or body_part or "").upper() or None,
-                }
-        return found
-
-    def _merge_pacs_labels(self, segs: dict[str, dict[str, Any]]) -> None:
-        """Read the header of every SEG not seen before; make the newest manual SEG of each listed
-        image its final label (unless a label saved here is newer). Call under the lock."""
-        from ..dicomseg.reader import read_dicom_seg_header
-
-        known = self._index["segs"]
-        for seg_uid, where in segs.items():
-            if seg_uid in known:
-                continue
-            try:
-                metadata = self._client.retrieve_instance_metadata(where["study"], where["series"], seg_uid)
-                header = read_dicom_seg_header(Dataset.from_json(metadata, _no_bulk_data))
-            except (requests.RequestException, ValueError, KeyError, SonoInputError) as exc:
-                logger.warning("SEG %s ignored: %s", seg_uid, exc)
-                known[seg_uid] = {"ignored": type(exc).__name__}
-                continue
-            known[seg_uid] = {**header, "study": where["study"], "series": where["series"]}
-        for name in [uid for uid in known if uid not in segs and not known[uid].get("ignored")]:
-            known.pop(name)  # deleted in the PACS
-        finals = self._index["labels"].setdefault(DefaultLabelTag.FINAL.value, {})
-        newest: dict[str, dict[str, Any]] = {}
-        for seg_uid, header in known.items():
-            source = header.get("source")
-            if header.get("ignored") or header.get("automatic") or source not in self._index["images"]:
-                continue
-            if source not in newest or header["content_datetime"] > newest[source]["content_datetime"]:
-                newest[source] = {**header, "seg": seg_uid}
-        for source, record in list(finals.items()):
-            if record.get("pacs") == "stored" and record.get("seg") not in known:
-                finals.pop(source)  # its SEG was deleted in the PACS: fall back to an older one, if any
-                if source in newest:
-                    finals[source] = self._record_from_header(newest[source], previous=None)
-        for source, header in newest.items():
-            current = finals.get(source)
-            if current and current.get("seg") == header["seg"]:
-                continue
-            if current and current.get("content_datetime", "") >= header["content_datetime"]:
-                continue  # saved here later (or pending) than anything in the PACS
-            finals[source] = self._record_from_header(header, previous=current)
-
-    def _record_from_header(self, header: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-        frames = header.get("frames") or [0]
-        n_frames = self._index["images"].get(header["source"], {}).get("frames", 1)
-        record: dict[str, Any] = {
-            "organ": header.get("organ"),
-            "pathology": header.get("pathology"),
-            "measurements": header.get("measurements") or {},
-            "saved_by": header.get("creator") or "unknown",
-            "saved_at": _iso_from_dicom(header["content_datetime"]),
-            "content_datetime": header["content_datetime"],
-            "seg": header["seg"],
-            "seg_series": header.get("series"),
-            "seg_study": header.get("study"),
-            "pacs": "stored",
-        }
-        if n_frames > 1 and len(frames) > 1:
-            record["annotated_frames"] = list(frames)
-        else:
-            record["frame"] = int(frames[0])
-            record["annotated_frames"] = [int(frames[0])]
-        record["history"] = _history(previous)
-        return record
-
-    def _record_from_seg(self, seg: Any, pacs: str) -> dict[str, Any]:
-        header = {
-            "source": seg.source_sop_instance_uid,
-            "organ": seg.organ,
-            "pathology": seg.pathology,
-            "measurements": seg.measurements,
-            "creator": seg.content_creator,
-            "content_datetime": seg.content_datetime,
-            "frames": seg.frames,
-            "seg": seg.seg_sop_instance_uid,
-            "series": seg.seg_series_instance_uid,
-            "study": seg.study_instance_uid,
-        }
-        record = self._record_from_header(header, previous=None)
-        record["pacs"] = pacs
-        return record
-
-    def _flush_outbox(self) -> None:
-        """Send SEGs that could not be stored before; keep each until the PACS accepted it."""
-        outbox = sorted((self.cache_dir / "outbox").glob("*.dcm"))
-        for path in outbox:
-            state = "stored"
-            try:
-                self._client.store_bytes(path.read_bytes())
-            except requests.RequestException as exc:
-                if is_outage(exc):
-                    logger.warning("Pending SEG %s still not stored: %s", path.name, type(exc).__name__)
-                    return
-                state = "rejected"  # sending it again would not help; kept for inspection
-                logger.error(
-                    "The PACS refused pending SEG %s: %s", path.name, pacs_error(self.url, exc).detail
-                )
-            with self._locked():
-                self._read_index()
-                for record in self._index["labels"].get(DefaultLabelTag.FINAL.value, {}).values():
-                    if record.get("outbox") == path.name:
-                        record["pacs"] = state
-                        record.pop("outbox", None)
-                self._write_index()
-            if state == "stored":
-                path.unlink()
-                logger.info("Pending SEG %s stored in the PACS", path.name)
-            else:
-                rejected = path.parent / "rejected"
-                rejected.mkdir(exist_ok=True)
-                os.replace(path, rejected / path.name)
+        with index.locked():
+            index.read()
+            index.merge_listing(images, segs, self._client)
+            index.write()
+        index.listed_at = time.monotonic()
+        self._outbox.flush(self._client, index)
 
     # -- images ------------------------------------------------------------------------------------------
 
     def _image_entry(self, image_id: str) -> dict[str, Any]:
         """The listing entry of ``image_id`` (re-listing once when unknown); 404 if not in the PACS."""
         self._refresh()
-        with self._locked():
-            self._read_index()
-            entry = self._index["images"].get(image_id)
-        stale = time.monotonic() - self._listed_at > RELIST_UNKNOWN_S
+        with self._index.locked():
+            self._index.read()
+            entry = self._index.images.get(image_id)
+        stale = time.monotonic() - self._index.listed_at > RELIST_UNKNOWN_S
         if entry is None and self._pacs_error is None and stale:
             self._refresh(force=True)  # it may have arrived in the PACS since the last listing
-            entry = self._index["images"].get(image_id)
+            entry = self._index.images.get(image_id)
         if entry is None:
             raise not_found(f"image {image_id!r} is not in the datastore")
         return entry
 
     def has_image(self, image_id: str) -> bool:
         self._refresh()
-        return image_id in self._index["images"]
+        return image_id in self._index.images
 
     def list_images(self) -> list[str]:
         self._refresh()
-        return sorted(self._index["images"])
+        return sorted(self._index.images)
 
     def refresh(self) -> None:
         self._refresh(force=True)
@@ -618,7 +302,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
             "Modality": entry.get("modality"),
             "frames": entry.get("frames", 1),
         }
-        info.update(self._index["image_info"].get(image_id, {}))
+        info.update(self._index.image_info.get(image_id, {}))
         path = self._image_path(image_id)
         if path.exists():
             info["path"] = str(path)
@@ -633,11 +317,11 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 kept["organ"] = resolve_organ(kept["organ"], None)
             if "pathology" in kept:
                 kept["pathology"] = resolve_pathology(kept["pathology"])
-        with self._locked():
-            self._read_index()
-            current = self._index["image_info"].setdefault(image_id, {})
+        with self._index.locked():
+            self._index.read()
+            current = self._index.image_info.setdefault(image_id, {})
             current.update(kept)
-            self._write_index()
+            self._index.write()
             return dict(current)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
@@ -663,7 +347,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
             except (InvalidDicomError, AttributeError, OSError) as exc:
                 raise SonoInputError(image_filename, f"has no SOP Instance UID ({exc})") from exc
         self._refresh(force=True)
-        if sop_uid in self._index["images"]:
+        if sop_uid in self._index.images:
             if replace:
                 raise HTTPException(
                     status_code=405,
@@ -692,44 +376,42 @@ class DICOMwebUltrasoundDatastore(Datastore):
     # -- labels ------------------------------------------------------------------------------------------
 
     def _labels(self, tag: str) -> dict[str, dict[str, Any]]:
-        return self._index["labels"].get(tag, {})
+        return self._index.labels(tag)
 
     def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
         self._refresh()
         tag = label_tag or DefaultLabelTag.FINAL.value
-        with self._locked():
-            self._read_index()
-            images = self._index["images"]
+        with self._index.locked():
+            self._index.read()
+            images = self._index.images
             return sorted(i for i in self._labels(tag) if i in images)
 
     def get_unlabeled_images(
         self, label_tag: str | None = None, labels: list[str] | None = None
     ) -> list[str]:
         labelled = set(self.get_labeled_images(label_tag, labels))
-        return sorted(i for i in self._index["images"] if i not in labelled)
+        return sorted(i for i in self._index.images if i not in labelled)
 
     def get_labels_by_image_id(self, image_id: str) -> dict[str, str]:
-        return {tag: image_id for tag, records in self._index["labels"].items() if image_id in records}
+        return {tag: image_id for tag, records in self._index.label_tags.items() if image_id in records}
 
     def get_label_by_image_id(self, image_id: str, tag: str) -> str:
         return image_id if image_id in self._labels(tag) else ""
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        record = self._labels(label_tag).get(label_id)
-        if record is None:
+        info = self._index.label_info(label_id, label_tag)
+        if info is None:
             raise not_found(f"no {label_tag!r} label for image {label_id!r}")
-        return {
-            k: v for k, v in record.items() if k not in ("outbox", "file", "file_seg", "content_datetime")
-        }
+        return info
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> dict[str, Any]:
-        with self._locked():
-            self._read_index()
+        with self._index.locked():
+            self._index.read()
             record = self._labels(label_tag).get(label_id)
             if record is None:
                 raise not_found(f"no {label_tag!r} label for image {label_id!r}")
             record.update({k: v for k, v in info.items() if k in ("comment",)})
-            self._write_index()
+            self._index.write()
         return self.get_label_info(label_id, label_tag)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
@@ -738,14 +420,14 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 status_code=405,
                 detail="final labels live in the PACS as DICOM SEG; remove the SEG series there",
             )
-        with self._locked():
-            self._read_index()
+        with self._index.locked():
+            self._index.read()
             record = self._labels(label_tag).pop(label_id, None)
             if record is None:
                 raise not_found(f"no {label_tag!r} label for image {label_id!r}")
             if record.get("file"):
                 (self.cache_dir / record["file"]).unlink(missing_ok=True)
-            self._write_index()
+            self._index.write()
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         """Local path of the label in canonical form (PNG, or NRRD for a cine); decoded from the
@@ -775,19 +457,19 @@ class DICOMwebUltrasoundDatastore(Datastore):
             raise pacs_unavailable(self.url, exc) from exc
         with input_errors_as_http():
             seg = read_dicom_seg(data)
-            entry = self._index["images"].get(image_id, {})
+            entry = self._index.images.get(image_id, {})
             n_frames = int(entry.get("frames", 1))
             label = _checked_from_seg(seg, n_frames, self._geometry_rows_cols(image_id))
         spacing = self._spacing(image_id)
         ext = label_extension(label)
         rel = f"labels/{tag}/{image_id}{ext}"
         write_atomic(self.cache_dir / rel, lambda tmp: write_label(tmp, label, spacing), suffix=ext)
-        with self._locked():
-            self._read_index()
+        with self._index.locked():
+            self._index.read()
             current = self._labels(tag).get(image_id)
             if current is not None and current.get("seg") == record.get("seg"):
                 current["file"], current["file_seg"] = rel, record.get("seg")
-                self._write_index()
+                self._index.write()
         return str(self.cache_dir / rel)
 
     def _geometry_rows_cols(self, image_id: str) -> tuple[int, int]:
@@ -822,7 +504,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
             shape = (image.n_frames, image.height, image.width)
             label = check_label(label_filename, shape, merged, self.recorded_organ(image_id))
         measurements = _measurements(image, label)
-        stamp = _now_stamp()
+        stamp = dicom_datetime_now()
         record: dict[str, Any] = {
             "organ": label.organ,
             "annotated_frames": label.annotated_frames,
@@ -857,16 +539,14 @@ class DICOMwebUltrasoundDatastore(Datastore):
             raise
         record["file"], record["file_seg"] = rel, record.get("seg")
         try:
-            with self._locked():
-                self._read_index()
-                records = self._index["labels"].setdefault(tag, {})
+            with self._index.locked():
+                self._index.read()
+                records = self._index.label_tags.setdefault(tag, {})
                 previous = records.get(image_id)
-                record["history"] = _history(previous)
-                records[image_id] = {
-                    k: v for k, v in record.items() if k in LABEL_INFO_KEYS or k in _INTERNAL_KEYS
-                }
+                record["history"] = pacs_history(previous)
+                records[image_id] = self._index.kept(record)
                 try:
-                    self._write_index()
+                    self._index.write()
                 except OSError:
                     if previous is None:  # the previous record back in memory
                         records.pop(image_id, None)
@@ -921,8 +601,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
         seg.ContentDate, seg.ContentTime = record["content_datetime"][:8], record["content_datetime"][8:]
         buffer = BytesIO()
         seg.save_as(buffer, write_like_original=False)
-        outbox = self.cache_dir / "outbox" / f"{seg.SOPInstanceUID}.dcm"
-        write_bytes_atomic(outbox, buffer.getvalue())
+        outbox = self._outbox.put(str(seg.SOPInstanceUID), buffer.getvalue())
         fields = {
             "seg": str(seg.SOPInstanceUID),
             "seg_series": str(seg.SeriesInstanceUID),
@@ -951,35 +630,38 @@ class DICOMwebUltrasoundDatastore(Datastore):
     def _index_seg(
         self, image_id: str, label: CheckedLabel, record: dict[str, Any], fields: dict[str, str]
     ) -> None:
-        with self._locked():
-            self._read_index()
-            self._index["segs"][fields["seg"]] = {
-                "source": image_id,
-                "organ": label.organ,
-                "pathology": label.pathology,
-                "frames": label.annotated_frames,
-                "automatic": False,
-                "content_datetime": record["content_datetime"],
-                "study": fields["seg_study"],
-                "series": fields["seg_series"],
-            }
-            self._write_index()
+        with self._index.locked():
+            self._index.read()
+            self._index.add_seg(
+                fields["seg"],
+                {
+                    "source": image_id,
+                    "organ": label.organ,
+                    "pathology": label.pathology,
+                    "frames": label.annotated_frames,
+                    "automatic": False,
+                    "content_datetime": record["content_datetime"],
+                    "study": fields["seg_study"],
+                    "series": fields["seg_series"],
+                },
+            )
+            self._index.write()
 
     # -- what the SonoVLM app asks of a datastore (same contract as the local SonoDatastore) -------------
 
     def recorded_organ(self, image_id: str) -> str | None:
         """Final label, then image info, then the image's Body Part Examined; else None."""
         final = self._labels(DefaultLabelTag.FINAL.value).get(image_id) or {}
-        info = self._index["image_info"].get(image_id, {})
+        info = self._index.image_info.get(image_id, {})
         for source in (final, info):
             if source.get("organ"):
                 return str(source["organ"])
-        body_part = (self._index["images"].get(image_id) or {}).get("body_part")
+        body_part = (self._index.images.get(image_id) or {}).get("body_part")
         return BODY_PART_ORGAN.get(str(body_part or "").upper())
 
     def recorded_pathology(self, image_id: str) -> str | None:
         final = self._labels(DefaultLabelTag.FINAL.value).get(image_id) or {}
-        info = self._index["image_info"].get(image_id, {})
+        info = self._index.image_info.get(image_id, {})
         for source in (final, info):
             if source.get("pathology"):
                 return str(source["pathology"])
@@ -1045,7 +727,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
 
     def status(self) -> dict[str, Any]:
         images = self.list_images()
-        tags = {tag: len(records) for tag, records in self._index["labels"].items() if records}
+        tags = {tag: len(records) for tag, records in self._index.label_tags.items() if records}
         pending = sum(
             1 for r in self._labels(DefaultLabelTag.FINAL.value).values() if r.get("pacs") == "pending"
         )
@@ -1067,25 +749,11 @@ class DICOMwebUltrasoundDatastore(Datastore):
         for image_id in self.list_images():
             labels = {
                 tag: {"info": self.get_label_info(image_id, tag)}
-                for tag, records in self._index["labels"].items()
+                for tag, records in self._index.label_tags.items()
                 if image_id in records
             }
             objects[image_id] = {"image": {"info": self.get_image_info(image_id)}, "labels": labels}
         return {"name": self._name, "url": self.url, "objects": objects}
-
-
-#: Bookkeeping keys of a label record besides :data:`LABEL_INFO_KEYS`.
-_INTERNAL_KEYS = (
-    "seg",
-    "seg_series",
-    "seg_study",
-    "pacs",
-    "outbox",
-    "file",
-    "file_seg",
-    "history",
-    "content_datetime",
-)
 
 
 def _disk_error(tag: str, image_id: str, folder: Path, exc: OSError, outcome: str) -> HTTPException:
@@ -1094,17 +762,6 @@ def _disk_error(tag: str, image_id: str, folder: Path, exc: OSError, outcome: st
         status_code=503,
         detail=f"cannot store the {tag} label of {image_id!r} in {folder}: {exc.strerror or exc}; {outcome}",
     )
-
-
-def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The label history after ``previous`` is replaced (newest last, at most 20 entries)."""
-    if not previous:
-        return []
-    history = list(previous.get("history", []))
-    kept = {
-        k: previous[k] for k in ("organ", "pathology", "saved_by", "saved_at", "seg", "pacs") if k in previous
-    }
-    return (history + [kept])[-20:]
 
 
 def _measurements(image: Any, label: CheckedLabel) -> dict[str, Any] | None:
