@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "refine_prompts",
     "models",
     "report",
+    "live",
 )
 
 

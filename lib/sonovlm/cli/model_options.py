@@ -1,7 +1,8 @@
 """Options shared by the model commands (``segment``, ``classify``, ``model-info``).
 
 ``--backbone`` (preset ``tiny``/``vit-b16``, hub id or directory), ``--adapter`` (``lora``,
-``mona``, ``hybrid``, ``none``), ``--weights`` (a SonoVLM checkpoint) and ``--device``. With
+``mona``, ``hybrid``, ``none``), ``--weights`` (a SonoVLM checkpoint, or ``demo``: the packaged
+phantom demo model, see :func:`resolve_weights`) and ``--device``. With
 ``--weights`` the backbone recorded in the checkpoint is the default; without, the hub id
 ``openai/clip-vit-base-patch16`` (which needs the weights in the HF cache when offline; use
 ``--backbone tiny`` for an untrained offline run).
@@ -39,15 +40,28 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -
         "--adapter", choices=ADAPTER_CHOICES, help="vision adapter (default: the checkpoint's, else lora)"
     )
     if weights:
-        parser.add_argument("--weights", metavar="FILE", help="SonoVLM checkpoint (.safetensors)")
+        parser.add_argument(
+            "--weights",
+            metavar="FILE",
+            help="SonoVLM checkpoint (.safetensors), or demo: the packaged phantom demo model (not clinical)",
+        )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """``--weights``: ``demo`` is the packaged phantom demo model (not for clinical use), else a path."""
+    from ..demo_model import DEMO_WEIGHTS_ALIAS, demo_checkpoint
+
+    if weights == DEMO_WEIGHTS_ALIAS:
+        return str(demo_checkpoint())
+    return weights
 
 
 def model_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~sonovlm.model.SonoVLM` the options name (raises ModelLoadError/SonoInputError)."""
     from ..model import load_model
 
-    weights = getattr(args, "weights", None)
+    weights = resolve_weights(getattr(args, "weights", None))
     return load_model(backbone=args.backbone, adapter=args.adapter, weights=weights, device=args.device)
 
 
