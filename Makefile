@@ -54,9 +54,9 @@ fresh-check:
 # Speed figures on this machine (run it idle: each compares against the bare backbone forward
 # measured in the same run). Model forwards, server round trips, interaction, training and SAM.
 bench: install
-	$(PY) -m sonovlm.bench --threads 2
-	$(PY) -m sonovlm.bench_server --threads 2
-	$(PY) -m sonovlm.bench_interactive --threads 2
+	$(PY) -m benchmarks.bench --threads 2
+	$(PY) -m benchmarks.bench_server --threads 2
+	$(PY) -m benchmarks.bench_interactive --threads 2
 	$(PY) -m training.bench --threads 2
 
 # Orthanc with its DICOMweb plugin (Debian packages) for the PACS integration tests; needs root.

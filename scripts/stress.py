@@ -5,7 +5,7 @@ next-sample and label saves, bounded in time and requests, loopback only.
     .venv/bin/python scripts/stress.py --url http://127.0.0.1:8000 --pid 1234 --studies DIR
 
 Without ``--url`` it makes sample studies in a temporary folder, starts a server on them
-(``tests/server_fixture.py``: ``tiny`` backbone, 127.0.0.1, a free port) and stops it at the end.
+(``sonovlm.server_launcher``: ``tiny`` backbone, 127.0.0.1, a free port) and stops it at the end.
 Phases:
 
 1. **Baseline**: one client, sequential segmentations (the service time of one request).
@@ -297,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
         parser.error("--url must be a loopback address: this script does not load other machines")
-    sys.path.insert(0, str(REPO))
     server = None
     studies = args.studies
     if args.url:
@@ -305,16 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import shutil
 
-        from tests.server_fixture import make_studies, start_server
+        sys.path.insert(0, str(REPO / "lib"))
+        from sonovlm.sample_data import write_sample_studies
+        from sonovlm.server_launcher import start_server
 
         work = Path(tempfile.mkdtemp(prefix="sonovlm-stress-"))
         if studies is None:
-            studies = make_studies(work / "studies", count=args.count, seed=args.seed)
+            studies = work / "studies"
+            write_sample_studies(studies, count=args.count, seed=args.seed)
         else:
             studies = Path(shutil.copytree(studies, work / "studies"))
         print(f"starting a server on {studies} (backbone {args.backbone}) ...", flush=True)
         server = start_server(
-            studies, {"backbone": args.backbone, "auto_scoring": "false"}, work_dir=work / "server"
+            REPO / "monailabel_app",
+            studies,
+            {"backbone": args.backbone, "auto_scoring": "false"},
+            work_dir=work / "server",
         )
         url, pid = server.url, server.pid
     try:

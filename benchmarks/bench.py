@@ -1,4 +1,4 @@
-"""Latency benchmark of the model core (``make bench``: ``python -m sonovlm.bench``).
+"""Latency benchmark of the model core (``make bench``: ``python -m benchmarks.bench``).
 
 On the untrained ``vit-b16`` preset (exact ViT-B/16 geometry, 224 px, batch 1), from one run on
 one machine:
@@ -34,7 +34,7 @@ TARGETS = {"seg[lora merged]": 1.15, "seg[mona]": 1.3}
 
 
 def _models(backbone: str) -> dict[str, object]:
-    from .model import AdapterConfig, ModelConfig, SonoVLM
+    from sonovlm.model import AdapterConfig, ModelConfig, SonoVLM
 
     models: dict[str, object] = {}
     for label, kind, merged in (
@@ -153,7 +153,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sonovlm.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="vit-b16", help="backbone preset or id (default vit-b16)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per forward (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")

@@ -1,10 +1,10 @@
-"""``python -m sonovlm.bench`` runs end to end (on ``tiny``; timings are never asserted)."""
+"""``python -m benchmarks.bench`` runs end to end (on ``tiny``; timings are never asserted)."""
 
 from __future__ import annotations
 
 import json
 
-from sonovlm.bench import main
+from benchmarks.bench import main
 
 CASES = {"bare", "seg[none]", "seg[lora]", "seg[lora merged]", "seg[mona]", "seg[hybrid]"}
 

@@ -1,4 +1,4 @@
-"""Interactive segmentation benchmark (``python -m sonovlm.bench_interactive``).
+"""Interactive segmentation benchmark (``python -m benchmarks.bench_interactive``).
 
 Two parts, from one run on one machine:
 
@@ -68,8 +68,8 @@ def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float
 
 
 def _simulated_image(seed: int, organ: str = "thyroid_nodule"):
-    from .io import UltrasoundImage, UltrasoundRegion
-    from .sample_data import simulate_case
+    from sonovlm.io import UltrasoundImage, UltrasoundRegion
+    from sonovlm.sample_data import simulate_case
 
     pixels, mask, meta = simulate_case(np.random.default_rng(seed), organ)
     image = UltrasoundImage(
@@ -82,8 +82,8 @@ def _simulated_image(seed: int, organ: str = "thyroid_nodule"):
 
 def latency(clicks: int = 30, first_repeats: int = 5, bare_repeats: int = 5) -> dict:
     """Part 1 (see the module notes); milliseconds."""
-    from .model import ModelConfig, Predictor, SonoVLM
-    from .model.interaction import Interaction, encode_interaction
+    from sonovlm.model import ModelConfig, Predictor, SonoVLM
+    from sonovlm.model.interaction import Interaction, encode_interaction
 
     model = SonoVLM(ModelConfig(backbone="vit-b16"), encode_prompts=False).eval()
     predictor = Predictor(model)
@@ -163,10 +163,11 @@ def http_round_trip(clicks: int = 30, threads: int = 2, backbone: str = "vit-b16
     shutil.copy2(studies / "image_000.dcm", studies / "image_001.dcm")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    proc, url = start_server(studies, work, backbone, threads, "cpu")
+    server = start_server(studies, work, backbone, threads, "cpu")
+    url = server.url
     start_s = time.perf_counter() - started
     try:
-        from .sample_data import simulate_case
+        from sonovlm.sample_data import simulate_case
 
         _, _, meta = simulate_case(np.random.default_rng(0), "breast_lesion", shape=(480, 640))
         x0, y0, x1, y1 = meta.lesion_bbox
@@ -186,8 +187,7 @@ def http_round_trip(clicks: int = 30, threads: int = 2, backbone: str = "vit-b16
                     raise RuntimeError(f"the server did not take the clicks: {reply['interaction']}")
                 later_by_mode[measure].append(seconds * 1000)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
     all_stages = server_latencies(work / "server.log")
     stages, stages_measured = all_stages[-2 * clicks : -clicks], all_stages[-clicks:]
     later, later_measured = later_by_mode[False], later_by_mode[True]
@@ -237,9 +237,9 @@ def clicks_to_dice(
     seed: int = 0,
 ) -> dict:
     """Part 2 (see the module notes): mean Dice after each of :data:`CLICK_COUNTS` clicks."""
-    from .model import AdapterConfig, ModelConfig, SonoVLM, segmentation_loss
-    from .model.click_simulation import SimulatedPrompts, interactive_training_step, next_click
-    from .model.sonovlm_model import ORGANS
+    from sonovlm.model import AdapterConfig, ModelConfig, SonoVLM, segmentation_loss
+    from sonovlm.model.click_simulation import SimulatedPrompts, interactive_training_step, next_click
+    from sonovlm.model.sonovlm_model import ORGANS
 
     torch.manual_seed(seed)
     model = SonoVLM(ModelConfig(backbone="tiny", adapter=AdapterConfig(kind="none")))
@@ -318,7 +318,7 @@ def clicks_to_dice(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sonovlm.bench_interactive", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.bench_interactive", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=30)

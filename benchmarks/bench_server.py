@@ -1,6 +1,6 @@
 """Server benchmark: auto-segment round trips through a real SonoVLM MONAI Label server.
 
-``python -m sonovlm.bench_server [--backbone vit-b16] [--requests 20] [--threads 2]``
+``python -m benchmarks.bench_server [--backbone vit-b16] [--requests 20] [--threads 2]``
 
 In one run, on one machine:
 
@@ -20,7 +20,7 @@ In one run, on one machine:
 * resident memory of the server after warm-up and at the end;
 * with ``--train-epochs N``: first a segmentation training through the server on 24 sample
   studies (AMP on CUDA), its time, per-epoch Dice and publish decision. The GPU check is
-  ``python -m sonovlm.bench_server --device cuda --requests 50 --train-epochs 3``.
+  ``python -m benchmarks.bench_server --device cuda --requests 50 --train-epochs 3``.
 
 Target: cold p50 <= 1.5 × bare forward. A benchmark, not a test: it prints figures (and writes
 them with ``--out``) and exits 0 unless the server fails.
@@ -34,9 +34,7 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,8 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sonovlm.server_launcher import RunningServer
+from sonovlm.server_launcher import start_server as launch_server
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "monailabel_app"
 TARGET_RATIO = 1.5
 
 
@@ -57,9 +58,8 @@ def jpeg2000_dicom(path: Path, rows: int = 480, cols: int = 640, seed: int = 0) 
     from PIL import Image
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
-
-    from .sample_data.dicom import DicomIdentity, ultrasound_dataset
-    from .sample_data.simulate import simulate_case
+    from sonovlm.sample_data.dicom import DicomIdentity, ultrasound_dataset
+    from sonovlm.sample_data.simulate import simulate_case
 
     image, _, meta = simulate_case(np.random.default_rng(seed), "breast_lesion", shape=(rows, cols))
     ds = ultrasound_dataset(image, meta, DicomIdentity.derive("BENCH", ["bench", str(seed)]), "benchmark")
@@ -77,8 +77,7 @@ class BareForward:
 
     def __init__(self, backbone: str, device: str) -> None:
         import torch
-
-        from .model import load_backbone
+        from sonovlm.model import load_backbone
 
         loaded = load_backbone(backbone)
         self.device = device
@@ -98,12 +97,6 @@ class BareForward:
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             return time.perf_counter() - start
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get_json(url: str) -> Any:
@@ -143,65 +136,14 @@ def segment(url: str, image_id: str, organ: str = "auto") -> float:
     return seconds
 
 
-def server_command(
-    app: str | os.PathLike,
-    studies: str | os.PathLike,
-    conf: dict[str, Any],
-    port: int,
-    python: str | None = None,
-) -> list[str]:
-    """``python -m monailabel.main start_server`` of ``app`` on 127.0.0.1:``port``, one ``--conf``
-    per item of ``conf`` (values as ``str``); ``python`` defaults to this interpreter."""
-    cmd = [
-        python or sys.executable,
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies),
-    ]
-    for key, value in conf.items():
-        cmd += ["--conf", key, str(value)]
-    return cmd + ["--host", "127.0.0.1", "--port", str(port)]
-
-
-def start_server(
-    studies: Path, work: Path, backbone: str, threads: int, device: str
-) -> tuple[subprocess.Popen, str]:
-    app = work / "app"
-    app.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "monailabel_app" / "main.py", app / "main.py")
-    port = _free_port()
-    conf = {
-        "backbone": backbone,
-        "threads": str(threads),
-        "auto_scoring": "false",
-        "device": device,
-        "model_dir": str(work / "model"),
-    }
-    cmd = server_command(app, studies, conf, port)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "HF_HUB_OFFLINE": "1",
-    }
-    log = open(work / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited; see {work / 'server.log'}")
-        try:
-            _get_json(f"{url}/info/")
-            return proc, url
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start within 600 s")
+def start_server(studies: Path, work: Path, backbone: str, threads: int, device: str) -> RunningServer:
+    """A server (:func:`sonovlm.server_launcher.start_server`) of the repository's
+    ``monailabel_app`` on ``studies``: ``backbone`` on ``device``, ``threads`` torch/OpenMP/MKL
+    threads, scoring off; the app copy, model dir and ``server.log`` in ``work``. Up to 600 s to
+    answer ``/info/`` (a ViT-B/16 warm-up on a busy 2-core machine)."""
+    conf = {"backbone": backbone, "threads": threads, "auto_scoring": "false", "device": device}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return launch_server(APP_DIR, studies, conf, env, work_dir=work, timeout=600.0)
 
 
 def server_latencies(log_path: Path) -> list[dict[str, float]]:
@@ -266,15 +208,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n in range(1, total):
         shutil.copy2(master, studies / f"image_{n:03d}.dcm")
     if args.train_epochs:
-        from .sample_data import write_sample_studies
+        from sonovlm.sample_data import write_sample_studies
 
         write_sample_studies(studies, count=24, seed=0)
 
     bare_forward = BareForward(args.backbone, device)
-    proc, url = start_server(studies, work, args.backbone, args.threads, device)
+    server = start_server(studies, work, args.backbone, args.threads, device)
+    url = server.url
     training = None
     try:
-        rss_after_warmup = psutil.Process(proc.pid).memory_info().rss
+        rss_after_warmup = psutil.Process(server.pid).memory_info().rss
         if args.train_epochs:
             training = train(url, args.train_epochs)
         # image_000 is the one the server warms up on (first in id order): never timed as cold.
@@ -305,11 +248,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             thread.start()
         for thread in threads:
             thread.join()
-        rss_end = psutil.Process(proc.pid).memory_info().rss
+        rss_end = psutil.Process(server.pid).memory_info().rss
         info = _get_json(f"{url}/info/")["sonovlm"]
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
     stages = server_latencies(work / "server.log")[-(len(cold) + len(warm) + len(concurrent)) :][: len(cold)]
     cold_p50 = statistics.median(cold)
@@ -345,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sonovlm.bench_server", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.bench_server", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--backbone", default="vit-b16", help="preset, hub id or directory (default vit-b16)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests (default 20)")
