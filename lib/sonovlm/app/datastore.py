@@ -13,6 +13,9 @@ Changes to MONAI Label 0.8.5's :class:`LocalDatastore`:
 * Unknown image ids are 404, not 500.
 * Organ and pathology per image come from labels, image info, then ``cases.csv``.
 
+The check, the label's record (who, when, organ, frames), its history and the training lists are
+the flow the PACS datastore shares (:class:`sonovlm.app.label_store.LabelStoreCore`).
+
 App state that is not part of MONAI Label's index (label history, scores, results) lives in
 ``STUDIES/.sonovlm/``.
 """
@@ -39,15 +42,16 @@ from .atomic import file_signature, write_atomic, write_bytes_atomic
 from .cases import CaseTable
 from .config import DEFAULT_IMAGE_PATTERNS
 from .http import image_exists, input_errors_as_http, not_found, replace_requested
-from .labels import (
-    CheckedLabel,
-    check_label,
-    label_extension,
-    label_frame_items,
-    resolve_organ,
-    resolve_pathology,
-    write_label,
+from .label_store import (
+    Geometry,
+    LabelStoreCore,
+    LabelSubmission,
+    disk_error,
+    history_after,
+    now_iso,
+    who,
 )
+from .labels import label_extension, resolve_organ, resolve_pathology, write_label
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +81,9 @@ def _default_geometry(path: str) -> tuple[int, int, int, tuple[float, float] | N
     return image.n_frames, image.height, image.width, image.spacing_mm
 
 
-def _who(info: dict[str, Any]) -> str:
-    for key in ("user", "username", "client_id"):
-        value = info.get(key)
-        if value:
-            return str(value)
-    return "anonymous"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-class SonoDatastore(LocalDatastore):
-    """Local datastore with atomic index writes and labels checked before they are stored.
+class SonoDatastore(LabelStoreCore, LocalDatastore):
+    """Local datastore with atomic index writes and labels checked before they are stored
+    (the label flow shared with the PACS datastore: :class:`~sonovlm.app.label_store.LabelStoreCore`).
 
     Args:
         studies: the studies folder.
@@ -215,7 +208,7 @@ class SonoDatastore(LocalDatastore):
         dest = Path(os.path.realpath(os.path.join(self._datastore.image_path(), name)))
         for key in ("replace", "label_info_file"):
             info.pop(key, None)
-        info.update({"ts": int(time.time()), "name": name, "added_by": _who(info), "added_at": _now()})
+        info.update({"ts": int(time.time()), "name": name, "added_by": who(info), "added_at": now_iso()})
         with self._locked():
             self._init_from_datastore_file()
             previous = self._datastore.objects.get(image_id)
@@ -356,76 +349,41 @@ class SonoDatastore(LocalDatastore):
 
     # -- labels ------------------------------------------------------------------------------------
 
-    def save_label(
-        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
-    ) -> str:
-        """Check, then store a label; 404 for an unknown image, 422 for a label that does not fit.
+    def _label_image(self, image_path: str) -> Geometry:
+        return Geometry(*self._geometry(image_path))
 
-        Nothing is written before the label passed every check. The stored file is the canonical
-        form (PNG for one frame, NRRD for a whole cine) written atomically; the previous label of
-        the same tag is kept in ``.sonovlm/label_history/``.
-        """
-        label_tag = label_tag or DefaultLabelTag.FINAL.value
-        params = dict(label_info or {})
-        image_path = self.get_image_uri(image_id)
-        if not image_path:
-            raise not_found(f"image {image_id!r} is not in the datastore")
-
-        with input_errors_as_http():
-            frames, rows, cols, spacing_mm = self._geometry(image_path)
-            model_params = params.get("params") if isinstance(params.get("params"), dict) else {}
-            merged = {**model_params, **params}
-            checked = check_label(label_filename, (frames, rows, cols), merged, self.recorded_organ(image_id))
-
+    def _store_label(self, submission: LabelSubmission) -> str:
+        """Store a checked label (under the lock): the canonical form (PNG for one frame, NRRD for a
+        whole cine) written atomically, the previous label of the same tag kept in
+        ``.sonovlm/label_history/``; its info is the request's params with the label's record.
+        503 (nothing changed) when the disk refuses a write. Returns the file written."""
+        image_id, tag, checked = submission.image_id, submission.tag, submission.label
         with self._locked():
             self._init_from_datastore_file()
             obj = self._object(image_id)
-            label_dir = Path(self._datastore.label_path(label_tag))
+            label_dir = Path(self._datastore.label_path(tag))
             label_dir.mkdir(parents=True, exist_ok=True)
             ext = label_extension(checked)
             dest = label_dir / self._filename(image_id, ext)
 
-            previous, archived, written = obj.labels.get(label_tag), None, False
+            previous, archived, written = obj.labels.get(tag), None, False
             try:
-                history, archived = self._archive_previous(image_id, label_tag, obj)
+                history, archived = self._archive_previous(image_id, tag, obj)
+                spacing_mm = submission.image.spacing_mm
                 write_atomic(dest, lambda tmp: write_label(tmp, checked, spacing_mm), suffix=ext)
                 written = True
-                info = self._label_info(params, checked, history)
-                info.update({"ts": int(time.time()), "name": dest.name})
-                obj.labels[label_tag] = DataModel(info=info, ext=ext)
+                ignored = ("label_info_file", "pathology", "frame")
+                info = {k: v for k, v in submission.params.items() if k not in ignored}
+                info.update(submission.record)
+                info.update({"history": history, "ts": int(time.time()), "name": dest.name})
+                obj.labels[tag] = DataModel(info=info, ext=ext)
                 self._update_datastore_file()
             except OSError as exc:  # disk read-only or full: put back what was there, say so
-                self._undo_save(obj, label_tag, previous, archived, restore_file=written)
-                raise HTTPException(
-                    status_code=503,
-                    detail=f"cannot store the {label_tag} label of {image_id!r} in {label_dir}: "
-                    f"{exc.strerror or exc}; nothing was changed",
-                ) from exc
+                self._undo_save(obj, tag, previous, archived, restore_file=written)
+                raise disk_error(tag, image_id, label_dir, exc, "nothing was changed") from exc
             if previous is not None and previous.ext != ext:
                 (label_dir / self._filename(image_id, previous.ext)).unlink(missing_ok=True)
-        logger.info("Saved %s label of %s by %s (%s)", label_tag, image_id, info["saved_by"], dest)
-        return image_id
-
-    def _label_info(self, params: dict[str, Any], checked: CheckedLabel, history: list) -> dict[str, Any]:
-        info = {k: v for k, v in params.items() if k not in ("label_info_file",)}
-        info.update(
-            {
-                "organ": checked.organ,
-                "annotated_frames": checked.annotated_frames,
-                "saved_by": _who(params),
-                "saved_at": _now(),
-                "history": history,
-            }
-        )
-        if checked.pathology is not None:
-            info["pathology"] = checked.pathology
-        else:
-            info.pop("pathology", None)
-        if checked.frame is not None:
-            info["frame"] = checked.frame
-        else:
-            info.pop("frame", None)
-        return info
+        return str(dest)
 
     def _archive_previous(
         self, image_id: str, label_tag: str, obj: ImageLabelModel
@@ -436,10 +394,9 @@ class SonoDatastore(LocalDatastore):
         previous = obj.labels.get(label_tag)
         if previous is None:
             return [], None
-        history = list(previous.info.get("history", []))
         src = Path(self._datastore.label_path(label_tag)) / self._filename(image_id, previous.ext)
         if not src.exists():
-            return history, None
+            return list(previous.info.get("history", [])), None
         stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time_ns() % 1_000_000_000:09d}"
         dest = self.state_dir / "label_history" / label_tag / image_id / f"{stamp}{previous.ext}"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -447,9 +404,7 @@ class SonoDatastore(LocalDatastore):
             os.link(src, dest)
         except OSError:  # another file system, or no hard links
             write_atomic(dest, lambda tmp: shutil.copy2(src, tmp))
-        old = {k: v for k, v in previous.info.items() if k != "history"}
-        history.append({"file": str(dest.relative_to(self.studies_dir)), **old})
-        return history, dest
+        return history_after(previous.info, file=str(dest.relative_to(self.studies_dir))), dest
 
     def _undo_save(
         self,
@@ -476,73 +431,28 @@ class SonoDatastore(LocalDatastore):
         except OSError:
             logger.exception("Could not undo a failed %s label save (copy kept: %s)", label_tag, archived)
 
-    # -- organ, pathology and training lists -------------------------------------------------------
+    # -- organ, pathology and training lists (LabelStoreCore) --------------------------------------
 
-    def recorded_organ(self, image_id: str) -> str | None:
-        """The image's organ: final label info, then image info, then ``cases.csv``; else None."""
-        return self._recorded(image_id, "organ")
+    def _image_ids(self) -> list[str]:
+        with self._locked():
+            self._init_from_datastore_file()
+            return sorted(self._datastore.objects)
 
-    def recorded_pathology(self, image_id: str) -> str | None:
-        """The image's pathology: final label info, then image info, then ``cases.csv``; else None."""
-        return self._recorded(image_id, "pathology")
-
-    def _recorded(self, image_id: str, key: str) -> str | None:
+    def _final_info(self, image_id: str) -> dict[str, Any] | None:
         obj = self._datastore.objects.get(image_id)
-        if obj is not None:
-            final = obj.labels.get(DefaultLabelTag.FINAL)
-            for info in (final.info if final else {}, obj.image.info):
-                if info.get(key):
-                    return str(info[key])
+        final = obj.labels.get(DefaultLabelTag.FINAL) if obj is not None else None
+        return final.info if final is not None else None
+
+    def _recorded_infos(self, image_id: str) -> list[dict[str, Any]]:
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return []
+        return [self._final_info(image_id) or {}, obj.image.info]
+
+    def _recorded_default(self, image_id: str, key: str) -> str | None:
+        """From ``cases.csv``."""
         case = self.cases.get(image_id)
         return getattr(case, key) if case else None
-
-    def segmentation_items(self) -> list[dict[str, Any]]:
-        """One item per annotated frame of every image with a final label.
-
-        Each item: ``image`` (path), ``label`` (path), ``image_id``, ``organ``, ``frame`` and
-        ``label_frame`` (the slice of the label file: 0 for a one-frame label, else ``frame``).
-        """
-        with self._locked():
-            self._init_from_datastore_file()
-            objects = dict(self._datastore.objects)
-        items = []
-        for image_id, obj in sorted(objects.items()):
-            final = obj.labels.get(DefaultLabelTag.FINAL)
-            if final is None:
-                continue
-            image = self.get_image_uri(image_id)
-            label = self.get_label_uri(image_id, DefaultLabelTag.FINAL)
-            organ = final.info.get("organ") or self.recorded_organ(image_id)
-            if organ is None:
-                logger.warning("Label of %s has no organ; left out of training", image_id)
-                continue
-            items += label_frame_items(final.info, image=image, label=label, image_id=image_id, organ=organ)
-        return items
-
-    def classification_items(self) -> list[dict[str, Any]]:
-        """One item per image with a known pathology: ``image``, ``image_id``, ``organ``, ``pathology``,
-        ``frame`` (the labelled frame, else ``None`` = the middle one)."""
-        with self._locked():
-            self._init_from_datastore_file()
-            ids = sorted(self._datastore.objects)
-        items = []
-        for image_id in ids:
-            pathology = self.recorded_pathology(image_id)
-            organ = self.recorded_organ(image_id)
-            if pathology is None or organ is None:
-                continue
-            final = self._datastore.objects[image_id].labels.get(DefaultLabelTag.FINAL)
-            frame = final.info.get("frame") if final else None
-            items.append(
-                {
-                    "image": self.get_image_uri(image_id),
-                    "image_id": image_id,
-                    "organ": organ,
-                    "pathology": pathology,
-                    "frame": frame,
-                }
-            )
-        return items
 
     def status(self) -> dict[str, Any]:
         with self._locked():

@@ -20,10 +20,10 @@ not fit ultrasound (see the reference notes). What changes:
 * **No patient identity**: PatientID, patient names and the other patient attributes never enter
   image or label info, replies or log lines; only UIDs, the modality, the frame count and the
   SonoVLM fields (organ, pathology, who saved a label and when) do.
-* **Labels go back as DICOM SEG** (:mod:`sonovlm.dicomseg`, STOW-RS), checked first exactly like
-  the local datastore checks them (:func:`sonovlm.app.labels.check_label`). A label is written to
-  a local outbox before it is sent; when the PACS cannot be reached it stays there, counts as
-  labelled, is sent again at the next refresh, and its info says ``"pacs": "pending"``.
+* **Labels go back as DICOM SEG** (:mod:`sonovlm.dicomseg`, STOW-RS), checked first by the flow
+  the local datastore uses too (:class:`sonovlm.app.label_store.LabelStoreCore`). A label is
+  written to a local outbox before it is sent; when the PACS cannot be reached it stays there,
+  counts as labelled, is sent again at the next refresh, and its info says ``"pacs": "pending"``.
 * **Labels from the PACS** (manual SEGs referencing a listed image, the newest per image) are read
   with highdicom for training (:func:`sonovlm.dicomseg.read_dicom_seg`).
 * **A damaged index** (``index.json`` in the cache) is moved aside and rebuilt from the PACS and
@@ -31,21 +31,21 @@ not fit ultrasound (see the reference notes). What changes:
 
 The cache (``dicomweb_cache``, default ``~/.cache/sonovlm/dicomweb/<hash of the URL>``) holds
 ``images/`` (instances as retrieved), ``labels/<tag>/`` (labels in the local datastore's canonical
-form, for training), ``outbox/`` (SEGs not yet stored), ``index.json`` and ``.sonovlm/`` (the
-app's state: scores, results).
+form, for training), ``outbox/`` and ``index.json`` (:mod:`sonovlm.app.pacs_index`) and
+``.sonovlm/`` (the app's state: scores, results). The PACS is reached through
+:class:`sonovlm.app.pacs_client.PacsClient`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
 from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
@@ -53,38 +53,22 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from ..errors import SonoInputError
 from .atomic import write_atomic, write_bytes_atomic, write_json_atomic
 from .http import image_exists, input_errors_as_http, not_found, replace_requested
-from .labels import (
-    CheckedLabel,
-    check_label,
-    label_extension,
-    label_frame_items,
-    resolve_organ,
-    resolve_pathology,
-    write_label,
-)
+from .label_store import FINAL, LabelStoreCore, LabelSubmission, disk_error
+from .labels import CheckedLabel, label_extension, resolve_organ, resolve_pathology, write_label
 from .pacs_client import (
     PacsClient,
     connect,
-    dicom_datetime_now,
-    is_outage,
     pacs_error,
     pacs_unavailable,
 )
-from .pacs_index import LABEL_INFO_KEYS, Outbox, PacsIndex, pacs_history
-
-__all__ = [
-    "BODY_PART_ORGAN",
-    "DEFAULT_SEARCH_FILTER",
-    "IMAGE_INFO_KEYS",
-    "LABEL_INFO_KEYS",
-    "DICOMwebUltrasoundDatastore",
-    "PacsClient",
-    "build_datastore",
-    "dicomweb_cache_dir",
-    "is_outage",
-    "pacs_error",
-    "pacs_unavailable",
-]
+from .pacs_index import (
+    Outbox,
+    PacsIndex,
+    dicomweb_cache_dir,
+    label_from_seg,
+    pacs_label_record,
+    seg_of_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,15 +88,14 @@ IMAGE_INFO_KEYS = ("organ", "pathology", "comment")
 BODY_PART_ORGAN = {"BREAST": "breast_lesion", "THYROID": "thyroid_nodule"}
 
 
-def _iso_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+#: ``(path) -> image`` (:class:`sonovlm.io.UltrasoundImage`); :class:`SonoInputError` for a bad file.
+ImageLoader = Callable[[str], Any]
 
 
-def _who(info: dict[str, Any]) -> str:
-    for key in ("user", "username", "client_id"):
-        if info.get(key):
-            return str(info[key])
-    return "anonymous"
+def _load_image(path: str) -> Any:
+    from ..io import load_image
+
+    return load_image(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -123,21 +106,11 @@ def _write_json(path: Path, obj: Any) -> None:
 # -- construction -------------------------------------------------------------------------------------
 
 
-def dicomweb_cache_dir(studies_url: str, conf: dict[str, str] | None = None) -> Path:
-    """Where the datastore of ``studies_url`` keeps its cache (``--conf dicomweb_cache`` or default)."""
-    conf = conf or {}
-    if conf.get("dicomweb_cache"):
-        return Path(conf["dicomweb_cache"]).expanduser()
-    from monailabel.config import settings
-
-    base = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
-    digest = hashlib.sha256(studies_url.rstrip("/").encode("utf-8")).hexdigest()[:16]
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "sonovlm" / "dicomweb"
-    return root / digest
-
-
-def build_datastore(studies_url: str, conf: dict[str, str] | None = None) -> DICOMwebUltrasoundDatastore:
+def build_datastore(
+    studies_url: str, conf: dict[str, str] | None = None, load_image: ImageLoader | None = None
+) -> DICOMwebUltrasoundDatastore:
     """The app's DICOMweb datastore for ``--studies URL``; no network access until a request.
+    ``load_image`` decodes cached instances (see :class:`DICOMwebUltrasoundDatastore`).
 
     ``conf`` keys (all optional): ``dicomweb_cache`` (cache folder), ``dicomweb_refresh_s``
     (listing lifetime, default 30), ``dicomweb_filter`` (JSON QIDO filter for series, default
@@ -170,14 +143,16 @@ def build_datastore(studies_url: str, conf: dict[str, str] | None = None) -> DIC
         search_filter=search_filter,
         refresh_s=refresh_s,
         timeout_s=timeout_s,
+        load_image=load_image,
     )
 
 
 # -- the datastore ---------------------------------------------------------------------------------------
 
 
-class DICOMwebUltrasoundDatastore(Datastore):
-    """MONAI Label datastore over a DICOMweb PACS for ultrasound (see the module notes).
+class DICOMwebUltrasoundDatastore(LabelStoreCore, Datastore):
+    """MONAI Label datastore over a DICOMweb PACS for ultrasound (see the module notes); the label
+    flow is the one it shares with the local datastore (:class:`~sonovlm.app.label_store.LabelStoreCore`).
 
     Args:
         client: the PACS client (:class:`PacsClient`); its requests get ``timeout_s``.
@@ -185,6 +160,8 @@ class DICOMwebUltrasoundDatastore(Datastore):
         search_filter: QIDO filter of the series listed.
         refresh_s: how long a listing is used before the PACS is asked again.
         timeout_s: per-request timeout.
+        load_image: decodes a cached instance (the server passes its image cache); default
+            :func:`sonovlm.io.load_image`.
     """
 
     def __init__(
@@ -194,8 +171,10 @@ class DICOMwebUltrasoundDatastore(Datastore):
         search_filter: dict[str, Any] | None = None,
         refresh_s: float = 30.0,
         timeout_s: float = 30.0,
+        load_image: ImageLoader | None = None,
     ) -> None:
         self._client = client
+        self._load_image = load_image or _load_image
         self.url = client.base_url
         self.cache_dir = Path(cache_dir)
         self.state_dir = self.cache_dir / STATE_DIR
@@ -237,10 +216,8 @@ class DICOMwebUltrasoundDatastore(Datastore):
         if self._pacs_error is not None:
             logger.info("PACS %s reachable again", self.url)
         self._pacs_error = None
-        with index.locked():
-            index.read()
+        with index.change():
             index.merge_listing(images, segs, self._client)
-            index.write()
         index.listed_at = time.monotonic()
         self._outbox.flush(self._client, index)
 
@@ -249,8 +226,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
     def _image_entry(self, image_id: str) -> dict[str, Any]:
         """The listing entry of ``image_id`` (re-listing once when unknown); 404 if not in the PACS."""
         self._refresh()
-        with self._index.locked():
-            self._index.read()
+        with self._index.fresh():
             entry = self._index.images.get(image_id)
         stale = time.monotonic() - self._index.listed_at > RELIST_UNKNOWN_S
         if entry is None and self._pacs_error is None and stale:
@@ -317,12 +293,10 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 kept["organ"] = resolve_organ(kept["organ"], None)
             if "pathology" in kept:
                 kept["pathology"] = resolve_pathology(kept["pathology"])
-        with self._index.locked():
-            self._index.read()
+        with self._index.change():
             current = self._index.image_info.setdefault(image_id, {})
             current.update(kept)
-            self._index.write()
-            return dict(current)
+        return dict(current)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Store an uploaded ultrasound DICOM in the PACS (STOW-RS); its id is its SOP Instance UID.
@@ -381,8 +355,7 @@ class DICOMwebUltrasoundDatastore(Datastore):
     def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
         self._refresh()
         tag = label_tag or DefaultLabelTag.FINAL.value
-        with self._index.locked():
-            self._index.read()
+        with self._index.fresh():
             images = self._index.images
             return sorted(i for i in self._labels(tag) if i in images)
 
@@ -405,13 +378,11 @@ class DICOMwebUltrasoundDatastore(Datastore):
         return info
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> dict[str, Any]:
-        with self._index.locked():
-            self._index.read()
+        with self._index.change():
             record = self._labels(label_tag).get(label_id)
             if record is None:
                 raise not_found(f"no {label_tag!r} label for image {label_id!r}")
             record.update({k: v for k, v in info.items() if k in ("comment",)})
-            self._index.write()
         return self.get_label_info(label_id, label_tag)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
@@ -420,14 +391,12 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 status_code=405,
                 detail="final labels live in the PACS as DICOM SEG; remove the SEG series there",
             )
-        with self._index.locked():
-            self._index.read()
+        with self._index.change():
             record = self._labels(label_tag).pop(label_id, None)
             if record is None:
                 raise not_found(f"no {label_tag!r} label for image {label_id!r}")
             if record.get("file"):
                 (self.cache_dir / record["file"]).unlink(missing_ok=True)
-            self._index.write()
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         """Local path of the label in canonical form (PNG, or NRRD for a cine); decoded from the
@@ -455,109 +424,61 @@ class DICOMwebUltrasoundDatastore(Datastore):
             data = self._client.instance_bytes(record["seg_study"], record["seg_series"], record["seg"])
         except (requests.RequestException, ValueError, KeyError) as exc:
             raise pacs_unavailable(self.url, exc) from exc
+        image_path = self.get_image_uri(image_id)
         with input_errors_as_http():
+            image = self._label_image(image_path)
             seg = read_dicom_seg(data)
-            entry = self._index.images.get(image_id, {})
-            n_frames = int(entry.get("frames", 1))
-            label = _checked_from_seg(seg, n_frames, self._geometry_rows_cols(image_id))
-        spacing = self._spacing(image_id)
+            n_frames = int(self._index.images.get(image_id, {}).get("frames", 1))
+            label = label_from_seg(seg, n_frames, (image.height, image.width))
         ext = label_extension(label)
         rel = f"labels/{tag}/{image_id}{ext}"
+        spacing = image.spacing_mm
         write_atomic(self.cache_dir / rel, lambda tmp: write_label(tmp, label, spacing), suffix=ext)
-        with self._index.locked():
-            self._index.read()
+        with self._index.fresh():
             current = self._labels(tag).get(image_id)
             if current is not None and current.get("seg") == record.get("seg"):
                 current["file"], current["file_seg"] = rel, record.get("seg")
                 self._index.write()
         return str(self.cache_dir / rel)
 
-    def _geometry_rows_cols(self, image_id: str) -> tuple[int, int]:
-        frames, rows, cols, _ = self._geometry(image_id)
-        return rows, cols
+    def _label_image(self, image_path: str) -> Any:
+        return self._load_image(image_path)
 
-    def _spacing(self, image_id: str) -> tuple[float, float] | None:
-        return self._geometry(image_id)[3]
-
-    def _geometry(self, image_id: str) -> tuple[int, int, int, tuple[float, float] | None]:
-        from ..io import load_image
-
-        with input_errors_as_http():
-            image = load_image(self.get_image_uri(image_id))
-        return image.n_frames, image.height, image.width, image.spacing_mm
-
-    def save_label(
-        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
-    ) -> str:
-        """Check a label, then store it: as a DICOM SEG in the PACS for ``final`` (other tags stay
-        local). 404 for an unknown image, 422 for a label that does not fit; a PACS that cannot be
-        reached leaves the SEG in the outbox (``"pacs": "pending"``) and it is sent later."""
-        from ..io import load_image
-
-        tag = label_tag or DefaultLabelTag.FINAL.value
-        params = dict(label_info or {})
-        model_params = params.get("params") if isinstance(params.get("params"), dict) else {}
-        merged = {**model_params, **params}
-        image_path = self.get_image_uri(image_id)  # 404 / 503 before anything is written
-        with input_errors_as_http():
-            image = load_image(image_path)
-            shape = (image.n_frames, image.height, image.width)
-            label = check_label(label_filename, shape, merged, self.recorded_organ(image_id))
-        measurements = _measurements(image, label)
-        stamp = dicom_datetime_now()
-        record: dict[str, Any] = {
-            "organ": label.organ,
-            "annotated_frames": label.annotated_frames,
-            "saved_by": _who(merged),
-            "saved_at": _iso_now(),
-            "content_datetime": stamp,
-            "measurements": measurements or {},
-        }
-        if label.pathology is not None:
-            record["pathology"] = label.pathology
-        if label.frame is not None:
-            record["frame"] = label.frame
-        for key in ("client_id", "comment"):
-            if merged.get(key) not in (None, ""):
-                record[key] = str(merged[key])[:200]
+    def _store_label(self, submission: LabelSubmission) -> str:
+        """Store a checked label: as a DICOM SEG in the PACS for ``final`` (other tags stay local),
+        with a local copy in canonical form for training. A PACS that cannot be reached leaves the
+        SEG in the outbox (``"pacs": "pending"``) and it is sent later; one that refuses it is 502
+        and nothing is kept. 503 when the local disk refuses (the reply says whether the PACS has
+        the new SEG). Returns the PACS state (``stored``, ``pending``; ``local`` for other tags)."""
+        image_id, tag, label = submission.image_id, submission.tag, submission.label
+        record = pacs_label_record(submission)
 
         ext = label_extension(label)
         rel = f"labels/{tag}/{image_id}{ext}"
         try:  # the local copy first: a disk error before anything reached the PACS changes nothing
             staged = self.cache_dir / "labels" / tag / f".{image_id}.staged{ext}"
-            write_atomic(staged, lambda tmp: write_label(tmp, label, image.spacing_mm), suffix=ext)
+            spacing_mm = submission.image.spacing_mm
+            write_atomic(staged, lambda tmp: write_label(tmp, label, spacing_mm), suffix=ext)
         except OSError as exc:
-            raise _disk_error(tag, image_id, self.cache_dir, exc, "nothing was changed") from exc
+            raise disk_error(tag, image_id, self.cache_dir, exc, "nothing was changed") from exc
         try:
-            if tag == DefaultLabelTag.FINAL.value:
-                record.update(self._store_seg(image_path, image_id, label, record))
+            if tag == FINAL:
+                record.update(self._store_seg(submission.image_path, image_id, label, record))
         except OSError as exc:  # the SEG could not be written to the outbox: not sent
             staged.unlink(missing_ok=True)
-            raise _disk_error(tag, image_id, self.cache_dir, exc, "nothing was changed") from exc
+            raise disk_error(tag, image_id, self.cache_dir, exc, "nothing was changed") from exc
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
         record["file"], record["file_seg"] = rel, record.get("seg")
         try:
             with self._index.locked():
-                self._index.read()
-                records = self._index.label_tags.setdefault(tag, {})
-                previous = records.get(image_id)
-                record["history"] = pacs_history(previous)
-                records[image_id] = self._index.kept(record)
-                try:
-                    self._index.write()
-                except OSError:
-                    if previous is None:  # the previous record back in memory
-                        records.pop(image_id, None)
-                    else:
-                        records[image_id] = previous
-                    raise
+                self._index.put_label(tag, image_id, record)
                 os.replace(staged, self.cache_dir / rel)
         except OSError as exc:
             staged.unlink(missing_ok=True)
             stored = record.get("pacs") == "stored"
-            raise _disk_error(
+            raise disk_error(
                 tag,
                 image_id,
                 self.cache_dir,
@@ -567,146 +488,45 @@ class DICOMwebUltrasoundDatastore(Datastore):
                 if stored
                 else "the previous label is kept",
             ) from exc
-        logger.info(
-            "Saved %s label of %s by %s (PACS: %s)",
-            tag,
-            image_id,
-            record["saved_by"],
-            record.get("pacs", "local"),
-        )
-        return image_id
+        return f"PACS: {record.get('pacs', 'local')}"
 
     def _store_seg(
         self, image_path: str, image_id: str, label: CheckedLabel, record: dict[str, Any]
     ) -> dict[str, Any]:
         """Write the SEG to the outbox, STOW it; returns the label's PACS fields."""
-        from io import BytesIO
-
-        from ..dicomseg import segmentation_to_dicom_seg
-
-        masks = (
-            {f: label.mask[f] for f in label.annotated_frames}
-            if label.is_volume
-            else {label.frame or 0: label.mask}
-        )
         with input_errors_as_http():
-            seg = segmentation_to_dicom_seg(
-                image_path,
-                masks,
-                label.organ,
-                pathology=label.pathology,
-                measurements=record.get("measurements"),
-                content_creator=record["saved_by"],
-            )
-        seg.ContentDate, seg.ContentTime = record["content_datetime"][:8], record["content_datetime"][8:]
-        buffer = BytesIO()
-        seg.save_as(buffer, write_like_original=False)
-        outbox = self._outbox.put(str(seg.SOPInstanceUID), buffer.getvalue())
-        fields = {
-            "seg": str(seg.SOPInstanceUID),
-            "seg_series": str(seg.SeriesInstanceUID),
-            "seg_study": str(seg.StudyInstanceUID),
-        }
+            data, fields = seg_of_label(image_path, label, record)
         try:
-            self._client.store_bytes(buffer.getvalue())
-        except requests.RequestException as exc:
-            if not is_outage(exc):
-                outbox.unlink()
-                raise pacs_error(self.url, exc) from exc
-            logger.warning(
-                "PACS %s did not take the SEG of %s (%s); kept in the outbox",
-                self.url,
-                image_id,
-                type(exc).__name__,
-            )
-            return {**fields, "pacs": "pending", "outbox": outbox.name}
-        outbox.unlink()
+            kept = self._outbox.send(self._client, fields["seg"], data)
+        except requests.RequestException as exc:  # refused (an outage keeps it in the outbox)
+            raise pacs_error(self.url, exc) from exc
+        if kept is not None:
+            return {**fields, "pacs": "pending", "outbox": kept.name}
         try:
-            self._index_seg(image_id, label, record, fields)
+            self._index.add_stored_seg(image_id, label, record["content_datetime"], fields)
         except OSError as exc:  # the SEG is in the PACS; the listing cache catches up at its next refresh
             logger.error("SEG of %s stored, but the local index could not list it: %s", image_id, exc)
         return {**fields, "pacs": "stored"}
 
-    def _index_seg(
-        self, image_id: str, label: CheckedLabel, record: dict[str, Any], fields: dict[str, str]
-    ) -> None:
-        with self._index.locked():
-            self._index.read()
-            self._index.add_seg(
-                fields["seg"],
-                {
-                    "source": image_id,
-                    "organ": label.organ,
-                    "pathology": label.pathology,
-                    "frames": label.annotated_frames,
-                    "automatic": False,
-                    "content_datetime": record["content_datetime"],
-                    "study": fields["seg_study"],
-                    "series": fields["seg_series"],
-                },
-            )
-            self._index.write()
+    # -- organ, pathology and training lists (LabelStoreCore) --------------------------------------
 
-    # -- what the SonoVLM app asks of a datastore (same contract as the local SonoDatastore) -------------
+    def _image_ids(self) -> list[str]:
+        self._refresh()
+        with self._index.fresh():
+            return sorted(self._index.images)
 
-    def recorded_organ(self, image_id: str) -> str | None:
-        """Final label, then image info, then the image's Body Part Examined; else None."""
-        final = self._labels(DefaultLabelTag.FINAL.value).get(image_id) or {}
-        info = self._index.image_info.get(image_id, {})
-        for source in (final, info):
-            if source.get("organ"):
-                return str(source["organ"])
+    def _final_info(self, image_id: str) -> dict[str, Any] | None:
+        return self._labels(FINAL).get(image_id)
+
+    def _recorded_infos(self, image_id: str) -> list[dict[str, Any]]:
+        return [self._final_info(image_id) or {}, self._index.image_info.get(image_id, {})]
+
+    def _recorded_default(self, image_id: str, key: str) -> str | None:
+        """The organ from the image's Body Part Examined (:data:`BODY_PART_ORGAN`); no pathology."""
+        if key != "organ":
+            return None
         body_part = (self._index.images.get(image_id) or {}).get("body_part")
         return BODY_PART_ORGAN.get(str(body_part or "").upper())
-
-    def recorded_pathology(self, image_id: str) -> str | None:
-        final = self._labels(DefaultLabelTag.FINAL.value).get(image_id) or {}
-        info = self._index.image_info.get(image_id, {})
-        for source in (final, info):
-            if source.get("pathology"):
-                return str(source["pathology"])
-        return None
-
-    def segmentation_items(self) -> list[dict[str, Any]]:
-        """One item per annotated frame of every image with a final label (see SonoDatastore)."""
-        items = []
-        for image_id in self.get_labeled_images():
-            record = self._labels(DefaultLabelTag.FINAL.value)[image_id]
-            organ = record.get("organ") or self.recorded_organ(image_id)
-            if organ is None:
-                logger.warning("Label of %s has no organ SonoVLM knows; left out of training", image_id)
-                continue
-            try:
-                label = self.get_label_uri(image_id, DefaultLabelTag.FINAL.value)
-                image = self.get_image_uri(image_id)
-            except HTTPException as exc:
-                logger.warning("Label of %s left out of training: %s", image_id, exc.detail)
-                continue
-            items += label_frame_items(record, image=image, label=label, image_id=image_id, organ=organ)
-        return items
-
-    def classification_items(self) -> list[dict[str, Any]]:
-        items = []
-        for image_id in self.list_images():
-            pathology, organ = self.recorded_pathology(image_id), self.recorded_organ(image_id)
-            if pathology is None or organ is None:
-                continue
-            try:
-                image = self.get_image_uri(image_id)
-            except HTTPException as exc:
-                logger.warning("Image %s left out of training: %s", image_id, exc.detail)
-                continue
-            final = self._labels(DefaultLabelTag.FINAL.value).get(image_id) or {}
-            items.append(
-                {
-                    "image": image,
-                    "image_id": image_id,
-                    "organ": organ,
-                    "pathology": pathology,
-                    "frame": final.get("frame"),
-                }
-            )
-        return items
 
     def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
         return [{"image": i["image"], "label": i["label"]} for i in self.segmentation_items()]
@@ -754,48 +574,3 @@ class DICOMwebUltrasoundDatastore(Datastore):
             }
             objects[image_id] = {"image": {"info": self.get_image_info(image_id)}, "labels": labels}
         return {"name": self._name, "url": self.url, "objects": objects}
-
-
-def _disk_error(tag: str, image_id: str, folder: Path, exc: OSError, outcome: str) -> HTTPException:
-    """503 for a label the local disk refused (read-only, full), as the local datastore answers."""
-    return HTTPException(
-        status_code=503,
-        detail=f"cannot store the {tag} label of {image_id!r} in {folder}: {exc.strerror or exc}; {outcome}",
-    )
-
-
-def _measurements(image: Any, label: CheckedLabel) -> dict[str, Any] | None:
-    """Measurements of a one-frame label (``None`` for a whole-cine label or no lesion)."""
-    from ..measure import lesion_region, measure_lesion
-
-    if label.is_volume or not label.mask.any():
-        return None
-    region = lesion_region(image.regions, label.mask) if image.regions else None
-    spacing = region.spacing_mm if region is not None and region.spacing_mm else image.spacing_mm
-    with input_errors_as_http():
-        return measure_lesion(label.mask, spacing).to_dict()
-
-
-def _checked_from_seg(seg: Any, n_frames: int, rows_cols: tuple[int, int]) -> CheckedLabel:
-    """The local canonical label of a SEG read from the PACS."""
-    from ..organs import ORGAN_LABELS
-
-    frames = seg.frames
-    for frame, mask in seg.masks.items():
-        if mask.shape != tuple(rows_cols):
-            raise SonoInputError(
-                "DICOM SEG", f"frame size {mask.shape} does not match the image's {rows_cols}"
-            )
-        if not 0 <= frame < n_frames:
-            raise SonoInputError("DICOM SEG", f"references frame {frame + 1} of a {n_frames}-frame image")
-    if seg.organ is None:
-        raise SonoInputError("DICOM SEG", "its segment is coded for no organ SonoVLM knows")
-    value = ORGAN_LABELS[seg.organ]
-    if n_frames > 1 and len(frames) > 1:
-        volume = np.zeros((n_frames, *rows_cols), dtype=np.uint8)
-        for frame, mask in seg.masks.items():
-            volume[frame] = np.where(mask != 0, value, 0)
-        return CheckedLabel(volume, seg.organ, seg.pathology, None, frames)
-    frame = frames[0]
-    mask = np.where(seg.masks[frame] != 0, value, 0).astype(np.uint8)
-    return CheckedLabel(mask, seg.organ, seg.pathology, frame, [frame])

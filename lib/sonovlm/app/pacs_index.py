@@ -23,6 +23,7 @@ of the PACS ever enters the index.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -32,13 +33,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 from filelock import FileLock
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..errors import SonoInputError
 from .atomic import file_signature, read_json, write_bytes_atomic, write_json_atomic
-from .pacs_client import PacsClient, is_outage, iso_from_dicom, pacs_error
+from .label_store import LabelSubmission, history_after, label_measurements
+from .labels import CheckedLabel
+from .pacs_client import PacsClient, dicom_datetime_now, is_outage, iso_from_dicom, pacs_error
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ LABEL_INFO_KEYS = (
     "model_version",
     "comment",
 )
+
+#: Request params copied into a label's record (cut to 200 characters), besides the shared fields.
+CLIENT_KEYS = ("client_id", "client_user", "model_version", "comment")
 
 #: Bookkeeping keys of a label record besides :data:`LABEL_INFO_KEYS`.
 INTERNAL_KEYS = (
@@ -83,13 +90,99 @@ HISTORY_LIMIT = 20
 JsonWriter = Callable[[Path, Any], None]
 
 
+def dicomweb_cache_dir(studies_url: str, conf: dict[str, str] | None = None) -> Path:
+    """Where the datastore of ``studies_url`` keeps its cache (``--conf dicomweb_cache``, else
+    ``MONAI_LABEL_DICOMWEB_CACHE_PATH`` or ``~/.cache/sonovlm/dicomweb``, then a hash of the URL)."""
+    conf = conf or {}
+    if conf.get("dicomweb_cache"):
+        return Path(conf["dicomweb_cache"]).expanduser()
+    from monailabel.config import settings
+
+    base = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+    digest = hashlib.sha256(studies_url.rstrip("/").encode("utf-8")).hexdigest()[:16]
+    root = Path(base).expanduser() if base else Path.home() / ".cache" / "sonovlm" / "dicomweb"
+    return root / digest
+
+
+def label_from_seg(seg: Any, n_frames: int, rows_cols: tuple[int, int]) -> CheckedLabel:
+    """The local canonical label of a SEG read from the PACS (:class:`sonovlm.dicomseg.SegLabel`) of
+    an ``n_frames`` image of ``rows_cols`` pixels; :class:`SonoInputError` when it does not fit."""
+    from ..organs import ORGAN_LABELS
+
+    frames = seg.frames
+    for frame, mask in seg.masks.items():
+        if mask.shape != tuple(rows_cols):
+            raise SonoInputError(
+                "DICOM SEG", f"frame size {mask.shape} does not match the image's {rows_cols}"
+            )
+        if not 0 <= frame < n_frames:
+            raise SonoInputError("DICOM SEG", f"references frame {frame + 1} of a {n_frames}-frame image")
+    if seg.organ is None:
+        raise SonoInputError("DICOM SEG", "its segment is coded for no organ SonoVLM knows")
+    value = ORGAN_LABELS[seg.organ]
+    if n_frames > 1 and len(frames) > 1:
+        volume = np.zeros((n_frames, *rows_cols), dtype=np.uint8)
+        for frame, mask in seg.masks.items():
+            volume[frame] = np.where(mask != 0, value, 0)
+        return CheckedLabel(volume, seg.organ, seg.pathology, None, frames)
+    frame = frames[0]
+    mask = np.where(seg.masks[frame] != 0, value, 0).astype(np.uint8)
+    return CheckedLabel(mask, seg.organ, seg.pathology, frame, [frame])
+
+
+def seg_of_label(
+    image_path: str, label: CheckedLabel, record: dict[str, Any]
+) -> tuple[bytes, dict[str, str]]:
+    """The DICOM SEG of a checked label of the image at ``image_path`` (Part 10 bytes) and its UIDs
+    (``seg``, ``seg_series``, ``seg_study``). ``record`` gives ``saved_by`` (the content creator),
+    ``content_datetime`` (DICOM form) and ``measurements``. :class:`SonoInputError` when the image
+    cannot be a SEG's source."""
+    from io import BytesIO
+
+    from ..dicomseg import segmentation_to_dicom_seg
+
+    masks = (
+        {f: label.mask[f] for f in label.annotated_frames}
+        if label.is_volume
+        else {label.frame or 0: label.mask}
+    )
+    seg = segmentation_to_dicom_seg(
+        image_path,
+        masks,
+        label.organ,
+        pathology=label.pathology,
+        measurements=record.get("measurements"),
+        content_creator=record["saved_by"],
+    )
+    seg.ContentDate, seg.ContentTime = record["content_datetime"][:8], record["content_datetime"][8:]
+    buffer = BytesIO()
+    seg.save_as(buffer, write_like_original=False)
+    fields = {
+        "seg": str(seg.SOPInstanceUID),
+        "seg_series": str(seg.SeriesInstanceUID),
+        "seg_study": str(seg.StudyInstanceUID),
+    }
+    return buffer.getvalue(), fields
+
+
+def pacs_label_record(submission: LabelSubmission) -> dict[str, Any]:
+    """The record of a label saved here, before it is stored: the shared fields
+    (:func:`sonovlm.app.label_store.label_record`), ``content_datetime`` (DICOM form, the SEG's
+    Content Date/Time), ``measurements`` (of a one-frame label) and :data:`CLIENT_KEYS` sent."""
+    record: dict[str, Any] = {
+        **submission.record,
+        "content_datetime": dicom_datetime_now(),
+        "measurements": label_measurements(submission.image, submission.label) or {},
+    }
+    for key in CLIENT_KEYS:
+        if submission.merged.get(key) not in (None, ""):
+            record[key] = str(submission.merged[key])[:200]
+    return record
+
+
 def pacs_history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The label history after ``previous`` is replaced (newest last, at most 20 entries)."""
-    if not previous:
-        return []
-    history = list(previous.get("history", []))
-    kept = {k: previous[k] for k in HISTORY_KEYS if k in previous}
-    return (history + [kept])[-HISTORY_LIMIT:]
+    return history_after(previous, keys=HISTORY_KEYS, limit=HISTORY_LIMIT)
 
 
 class PacsIndex:
@@ -127,6 +220,20 @@ class PacsIndex:
         """Process-wide (file lock) and thread-wide exclusion; re-entrant for the holding thread."""
         with self._mutex, self._file_lock:
             yield
+
+    @contextmanager
+    def fresh(self) -> Iterator[PacsIndex]:
+        """Under the lock, re-read (``with index.fresh(): ...``)."""
+        with self.locked():
+            self.read()
+            yield self
+
+    @contextmanager
+    def change(self) -> Iterator[PacsIndex]:
+        """Under the lock, re-read; written when the block ends without an exception."""
+        with self.fresh():
+            yield self
+            self.write()
 
     def read(self) -> bool:
         """Re-read the file when another writer changed it (call under :meth:`locked`).
@@ -199,11 +306,42 @@ class PacsIndex:
         """``record`` with only the keys an index keeps (see the module notes)."""
         return {k: v for k, v in record.items() if k in LABEL_INFO_KEYS or k in INTERNAL_KEYS}
 
+    def put_label(self, tag: str, image_id: str, record: dict[str, Any]) -> None:
+        """Make ``record`` the ``tag`` label of ``image_id`` and write the index (call under the
+        lock; re-read first); the record it replaces goes to ``record["history"]``. ``OSError``
+        when the write fails: the previous record is back in memory."""
+        self.read()
+        records = self.label_tags.setdefault(tag, {})
+        previous = records.get(image_id)
+        record["history"] = pacs_history(previous)
+        records[image_id] = self.kept(record)
+        try:
+            self.write()
+        except OSError:
+            if previous is None:
+                records.pop(image_id, None)
+            else:
+                records[image_id] = previous
+            raise
+
     # -- the listing and the SEGs in the PACS ------------------------------------------------------
 
-    def add_seg(self, seg_uid: str, header: dict[str, Any]) -> None:
-        """Remember the header of a SEG this server stored (so the next listing need not read it)."""
-        self.data["segs"][seg_uid] = header
+    def add_stored_seg(
+        self, image_id: str, label: CheckedLabel, content_datetime: str, fields: dict[str, str]
+    ) -> None:
+        """Remember the header of a SEG this server stored (so the next listing need not read it)
+        and write the index; ``fields`` as :func:`seg_of_label` gives them. Takes the lock."""
+        with self.change():
+            self.data["segs"][fields["seg"]] = {
+                "source": image_id,
+                "organ": label.organ,
+                "pathology": label.pathology,
+                "frames": label.annotated_frames,
+                "automatic": False,
+                "content_datetime": content_datetime,
+                "study": fields["seg_study"],
+                "series": fields["seg_series"],
+            }
 
     def merge_listing(
         self, images: dict[str, dict[str, Any]], segs: dict[str, dict[str, Any]], client: PacsClient
@@ -306,6 +444,27 @@ class Outbox:
         write_bytes_atomic(path, data)
         return path
 
+    def send(self, client: PacsClient, seg_uid: str, data: bytes) -> Path | None:
+        """Keep a SEG here, then STOW it. ``None`` when the PACS took it (removed from here); its
+        path here when the PACS is away (sent again by :meth:`flush`). ``OSError`` when the disk
+        refuses (nothing sent); ``requests.RequestException`` when the PACS refused it (removed)."""
+        path = self.put(seg_uid, data)
+        try:
+            client.store_bytes(data)
+        except requests.RequestException as exc:
+            if is_outage(exc):
+                logger.warning(
+                    "PACS %s did not take SEG %s (%s); kept in the outbox",
+                    client.base_url,
+                    seg_uid,
+                    type(exc).__name__,
+                )
+                return path
+            path.unlink()
+            raise
+        path.unlink()
+        return None
+
     def pending(self) -> list[Path]:
         return sorted(self.folder.glob("*.dcm"))
 
@@ -343,13 +502,11 @@ class Outbox:
                 logger.error(
                     "The PACS refused pending SEG %s: %s", path.name, pacs_error(client.base_url, exc).detail
                 )
-            with index.locked():
-                index.read()
+            with index.change():
                 for record in index.labels(DefaultLabelTag.FINAL.value).values():
                     if record.get("outbox") == path.name:
                         record["pacs"] = state
                         record.pop("outbox", None)
-                index.write()
             if state == "stored":
                 path.unlink()
                 logger.info("Pending SEG %s stored in the PACS", path.name)
