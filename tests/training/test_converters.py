@@ -152,11 +152,12 @@ def make_busbra(src: Path, valid_columns: bool) -> Path:
                     "BBOX": "0",
                 }
             )
-            record = {"ID": case_id, "Case": patient, "Pathology": pathology, "kFold": fold}
+            # the fold file's header as the published loaders read it: ID, Pathology, kFold, valid_K
+            record = {"ID": case_id, "Pathology": pathology, "kFold": fold}
             if valid_columns:
                 for k in range(1, 6):
-                    # the official inner split: 0 = validation, 1 = train, blank for the test fold
-                    record[f"valid_{k}"] = "" if fold == k else (0 if fold == k % 5 + 1 else 1)
+                    # the official inner split: 0 = validation, 1 = train, NaN on the test fold
+                    record[f"valid_{k}"] = "NaN" if fold == k else (0.0 if fold == k % 5 + 1 else 1.0)
             folds.append(record)
     for name, table in (("bus_data.csv", rows), ("5-fold-cv.csv", folds)):
         with (root / name).open("w", newline="") as stream:
@@ -177,6 +178,14 @@ def test_busbra_official_folds(tmp_path, valid_columns):
     labels = PublicLayout(tmp_path / "out").labels("BUS-BRA")
     assert labels["busbra_0003-l.png"] == 1 and labels["busbra_0001-l.png"] == 0
     assert "fold 1" in info["split_rule"]
+
+
+def test_busbra_fold_file_without_kfold_is_refused(tmp_path):
+    src = make_busbra(tmp_path / "src", False)
+    fold_file = src / "BUSBRA" / "5-fold-cv.csv"
+    fold_file.write_text(fold_file.read_text().replace("kFold", "fold"))
+    with pytest.raises(SonoInputError, match="expected columns ID and kFold.*has ID, Pathology, fold"):
+        CONVERTERS["bus-bra"](src, tmp_path / "out")
 
 
 def test_busbra_missing_fold_file(tmp_path):
@@ -218,6 +227,37 @@ def test_tn3k_official_test_fold_json_labels_and_jpeg_masks(tmp_path):
     assert abs(int((mask > 0).sum()) - 16 * 24) <= 16
     labels = PublicLayout(out).labels("TN3K")
     assert labels["tn3k_test_0001.png"] == 1 and labels["tn3k_trainval_0002.png"] == 0
+
+
+def test_tn3k_fold_json_holds_positions_in_the_sorted_listing_not_ids(tmp_path):
+    """As TRFE-Net's dataloaders/tn3k.py reads it: ``sorted(listdir, key=int)[i]``. With a gap in
+    the names (no 0003.jpg, 0010.jpg added) position 8 is 0009.jpg and position 9 is 0010.jpg."""
+    src = make_tn3k(tmp_path / "src", True, False)
+    root = src / "tn3k"
+    for folder in ("trainval-image", "trainval-mask"):
+        (root / folder / "0003.jpg").rename(root / folder / "0010.jpg")
+    CONVERTERS["tn3k"](src, tmp_path / "out")
+    seg = _splits(tmp_path / "out", "segmentation", "TN3K")
+    assert seg["val"] == ["tn3k_trainval_0009.png", "tn3k_trainval_0010.png"]
+    assert "tn3k_trainval_0003.png" not in seg["train"] and len(seg["train"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("folds", "message"),
+    [
+        ({"train": list(range(8)), "val": [8, 10]}, "outside the 10 images"),
+        ({"train": list(range(9)), "val": [8, 9]}, "in both"),
+        ({"train": list(range(7)), "val": [8, 9]}, "in neither list"),
+        ({"train": [0], "valid": [1]}, "expected"),
+    ],
+)
+def test_tn3k_bad_fold_json_is_refused(tmp_path, folds, message):
+    src = make_tn3k(tmp_path / "src", False, False)
+    fold_file = src / "tn3k" / "tn3k-trainval-fold0.json"
+    fold_file.write_text(json.dumps(folds))
+    with pytest.raises(SonoInputError, match=message) as caught:
+        CONVERTERS["tn3k"](src, tmp_path / "out")
+    assert "tn3k-trainval-fold0.json" in str(caught.value)
 
 
 def test_tn3k_without_fold_file_or_labels(tmp_path):

@@ -5,18 +5,25 @@ Source structure (Zenodo 10.5281/zenodo.7730709)::
     BUSBRA/Images/bus_0001-l.png        1,875 images of 1,064 patients
     BUSBRA/Masks/mask_0001-l.png
     BUSBRA/bus_data.csv                 ID, Case, Histology, Pathology (benign|malignant), BIRADS, ...
-    BUSBRA/5-fold-cv.csv                ID, ..., kFold (1..5)  [, valid_1 .. valid_5]
+    BUSBRA/5-fold-cv.csv                ID, Pathology, kFold (1..5)  [, valid_1 .. valid_5]
     BUSBRA/10-fold-cv.csv               the same with 10 folds
 
 Output: names ``busbra_{ID}.png``; classification benign 0 / malignant 1 from ``Pathology``.
 Splits: the official patient-level folds. Test = fold ``K`` (``--fold``, default 1). Validation =
 the rows the file marks ``valid_K == 0`` when it has that column (the official inner split),
 else the next fold (``K mod n + 1``). Train = the rest. Patients (``Case``) never straddle splits.
+
+The fold columns as published loaders read the distributed file (``pd.merge(bus_data, folds,
+on=["ID", "Pathology"])``; test = ``kFold == K``, train = ``valid_K == 1``, validation =
+``valid_K == 0``, blank/NaN on the test fold's rows). The authors' own reader is MATLAB code in
+their repository's ``BUSBRA-Codes.zip`` (wgomezf/BUS-BRA), which we could not read; a file whose
+header lacks ``ID`` or ``kFold`` is refused with the columns it has.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from sonovlm.errors import SonoInputError
@@ -40,10 +47,27 @@ def find_root(src: Path) -> Path:
     raise SonoInputError(src, "not a BUS-BRA folder: expected Images/, Masks/ and bus_data.csv")
 
 
+def _flag(value: str | None) -> float | None:
+    """A ``valid_K`` cell: 0 or 1, ``None`` when blank or NaN (the test fold's rows)."""
+    try:
+        number = float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
 def read_cases(src: Path, fold: int = 1, folds: int = 5) -> list[SourceCase]:
     root = find_root(src)
     data = {row["ID"]: row for row in _read_csv(root / "bus_data.csv")}
-    fold_rows = {row["ID"]: row for row in _read_csv(root / f"{folds}-fold-cv.csv")}
+    fold_file = root / f"{folds}-fold-cv.csv"
+    fold_table = _read_csv(fold_file)
+    missing = [c for c in ("ID", "kFold") if fold_table and c not in fold_table[0]]
+    if missing or not fold_table:
+        have = ", ".join(fold_table[0]) if fold_table else "no rows"
+        raise SonoInputError(
+            fold_file, f"expected columns ID and kFold (and valid_1..valid_{folds}); has {have}"
+        )
+    fold_rows = {row["ID"]: row for row in fold_table}
     if not 1 <= fold <= folds:
         raise SonoInputError("--fold", f"{fold} is not in 1..{folds}")
     valid_col = f"valid_{fold}"
@@ -63,11 +87,7 @@ def read_cases(src: Path, fold: int = 1, folds: int = 5) -> list[SourceCase]:
         if k == fold:
             split = "test"
         elif has_valid:
-            split = (
-                "val"
-                if frow.get(valid_col, "") not in ("", "nan") and float(frow[valid_col]) == 0
-                else "train"
-            )
+            split = "val" if _flag(frow.get(valid_col)) == 0 else "train"
         else:
             split = "val" if k == val_fold else "train"
         mask_id = case_id.replace("bus_", "mask_", 1)

@@ -6,7 +6,8 @@ Source structure::
     tn3k/trainval-mask/0000.jpg
     tn3k/test-image/0000.jpg      ...   614 images (the official test set)
     tn3k/test-mask/0000.jpg
-    tn3k/tn3k-trainval-fold0.json        optional: {"train": [ids], "val": [ids]} (ints, 4-digit names)
+    tn3k/tn3k-trainval-fold0.json        optional: {"train": [i, ...], "val": [i, ...]}: positions in
+                                         the trainval-image/ listing sorted by number
     tn3k/label4trainval.csv              optional, no header: ``0000.jpg,1`` (0 benign, 1 malignant);
     tn3k/label4test.csv                  the classification labels are published separately (the
                                          ACL repository, chenghui-666/ACL); without them TN3K is
@@ -16,6 +17,12 @@ Output: names ``tn3k_trainval_0000.png`` and ``tn3k_test_0000.png``; masks are J
 at 128. Splits: the official test set; validation from ``tn3k-trainval-fold{K}.json`` (``--fold``,
 default 0) when present, else a seeded, label-stratified share of trainval (val / (train + val)
 of ``--fractions``).
+
+The fold file's numbers are read as TRFE-Net's loader reads them (haifangong/TRFE-Net-for-thyroid-
+nodule-segmentation, ``dataloaders/tn3k.py``: ``img_names = sorted(os.listdir(...), key=int(stem))``
+then ``img_names[i]`` for each ``i``): **positions** in the trainval listing sorted by the number
+in the file name, not file-name ids. They coincide only while the names run 0000, 0001, ... without
+a gap; a listing with gaps is read by position, as the published splits were made.
 """
 
 from __future__ import annotations
@@ -59,6 +66,37 @@ def _labels(path: Path) -> dict[str, int]:
     return labels
 
 
+def _number(case: SourceCase) -> int:
+    """The number in a TN3K file name (``0042.jpg`` -> 42), the order TRFE-Net lists them in."""
+    try:
+        return int(case.image.stem)
+    except ValueError:
+        raise SonoInputError(case.image, "TN3K file names are numbers (e.g. 0042.jpg)") from None
+
+
+def _fold_positions(fold_file: Path, n_trainval: int) -> tuple[set[int], set[int]]:
+    """The ``train`` and ``val`` positions of ``tn3k-trainval-fold{K}.json``, checked against the
+    listing of ``n_trainval`` images."""
+    try:
+        folds = json.loads(fold_file.read_text())
+        train, val = ([int(i) for i in folds[part]] for part in ("train", "val"))
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        raise SonoInputError(
+            fold_file, f'expected {{"train": [...], "val": [...]}} of integers: {exc}'
+        ) from None
+    outside = sorted(i for i in train + val if not 0 <= i < n_trainval)
+    if outside:
+        raise SonoInputError(
+            fold_file,
+            f"positions {outside[:5]} are outside the {n_trainval} images of trainval-image/ "
+            "(the file's numbers are positions in the listing sorted by number)",
+        )
+    both = sorted(set(train) & set(val))
+    if both:
+        raise SonoInputError(fold_file, f"positions {both[:5]} are in both 'train' and 'val'")
+    return set(train), set(val)
+
+
 def read_cases(src: Path, fold: int = 0, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> list[SourceCase]:
     root = find_root(src)
     cases = []
@@ -80,17 +118,17 @@ def read_cases(src: Path, fold: int = 0, seed: int = 0, fractions=DEFAULT_FRACTI
                     split="test" if part == "test" else None,
                 )
             )
-    trainval = [c for c in cases if c.split is None]
+    trainval = sorted((c for c in cases if c.split is None), key=_number)
     fold_file = root / f"tn3k-trainval-fold{fold}.json"
     if fold_file.is_file():
-        try:
-            val_ids = {f"{int(i):04d}" for i in json.loads(fold_file.read_text())["val"]}
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
-            raise SonoInputError(fold_file, f'expected {{"train": [...], "val": [...]}}: {exc}') from None
-        for c in trainval:
-            c.split = (
-                "val" if c.name.removeprefix("tn3k_trainval_").removesuffix(".png") in val_ids else "train"
+        train_positions, val_positions = _fold_positions(fold_file, len(trainval))
+        unlisted = [c.image.name for i, c in enumerate(trainval) if i not in train_positions | val_positions]
+        if unlisted:
+            raise SonoInputError(
+                fold_file, f"{len(unlisted)} trainval images are in neither list (e.g. {unlisted[0]})"
             )
+        for position, c in enumerate(trainval):
+            c.split = "val" if position in val_positions else "train"
     else:
         train_f, val_f = fractions[0], fractions[1]
         share = val_f / (train_f + val_f)
