@@ -12,6 +12,14 @@ Measured in one process on one machine, with ``--threads`` torch threads:
    640 x 480 frame: preprocessing, adapted backbone, text-conditioned head, mapping back to the
    frame; feature cache cleared each time), timed in turn within each round so that other load
    on the machine slows both alike; and their ratio. Target: SonoVLM >= 25x faster on CPU.
+   Beside them, the SAM 2 generation: the image encoder of SAM 2.1 Hiera-tiny (transformers
+   ``Sam2Model`` built from the published ``facebook/sam2.1-hiera-tiny`` configuration, written out
+   in :func:`sam2_hiera_tiny_config`; random weights, its native 1024 x 1024 input) and, when
+   transformers can build it, EdgeTAM's (``EdgeTamModel``, 1024 x 1024; its RepViT backbone needs
+   ``timm``, else the row says why it is missing), and SonoVLM's first click on a new image
+   (``Predictor.segment_interactive`` with the cache cleared: preprocessing, backbone, prompt
+   maps, head, mapping back). Target: SonoVLM's first click >= 5x faster than the SAM 2.1
+   Hiera-tiny encoder.
 3. The data pipeline: cached case -> ultrasound + geometric augmentation -> model input, images
    per second at the backbone's input size (one process, no workers).
 
@@ -32,6 +40,8 @@ import numpy as np
 import torch
 
 ADAPTERS: tuple[str, ...] = ("lora", "mona", "hybrid")
+#: SonoVLM's first click on a new image against SAM 2.1 Hiera-tiny's encoder: at least this many times faster.
+SAM2_TARGET_RATIO = 5.0
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -101,24 +111,148 @@ def sam_encoder(repeats: int) -> tuple[Callable[[], None], dict]:
     }
 
 
-def sonovlm_autosegment(backbone: str, adapter: str) -> Callable[[], None]:
-    """``Predictor.segment`` on a 640 x 480 frame, features recomputed each time."""
+#: The published ``facebook/sam2.1-hiera-tiny`` image-encoder configuration. Sources: Meta's
+#: ``sam2/configs/sam2.1/sam2.1_hiera_t.yaml`` (trunk ``Hiera``: ``embed_dim 96``, ``num_heads 1``,
+#: ``stages [1, 2, 7, 2]``, ``global_att_blocks [5, 7, 9]``, ``window_pos_embed_bkg_spatial_size
+#: [7, 7]``; neck ``FpnNeck``: ``d_model 256``, ``backbone_channel_list [768, 384, 192, 96]``,
+#: ``fpn_top_down_levels [2, 3]``; ``image_size 1024``; Hiera's default ``window_spec (8, 4, 14, 7)``
+#: and head doubling per stage), as transformers 5.x converts it (``Sam2HieraDetConfig`` and
+#: ``Sam2VisionConfig`` in ``transformers/models/sam2/configuration_sam2.py``, whose docstrings
+#: are written for ``facebook/sam2.1-hiera-tiny``). Written out, not downloaded: no hub access.
+SAM2_HIERA_TINY_BACKBONE: dict = {
+    "hidden_size": 96,
+    "num_attention_heads": 1,
+    "image_size": [1024, 1024],
+    "patch_kernel_size": [7, 7],
+    "patch_stride": [4, 4],
+    "patch_padding": [3, 3],
+    "query_stride": [2, 2],
+    "num_query_pool_stages": 3,
+    "blocks_per_stage": [1, 2, 7, 2],
+    "embed_dim_per_stage": [96, 192, 384, 768],
+    "num_attention_heads_per_stage": [1, 2, 4, 8],
+    "window_size_per_stage": [8, 4, 14, 7],
+    "global_attention_blocks": [5, 7, 9],
+    "window_positional_embedding_background_size": [7, 7],
+    "mlp_ratio": 4.0,
+}
+SAM2_HIERA_TINY_NECK: dict = {
+    "backbone_channel_list": [768, 384, 192, 96],
+    "backbone_feature_sizes": [[256, 256], [128, 128], [64, 64]],
+    "fpn_hidden_size": 256,
+    "fpn_top_down_levels": [2, 3],
+    "num_feature_levels": 3,
+}
+#: Native input size (pixels, square) of SAM 2.1 and EdgeTAM.
+SAM2_IMAGE_SIZE = 1024
+
+
+def sam2_hiera_tiny_config():
+    """``transformers.Sam2Config`` of SAM 2.1 Hiera-tiny (see :data:`SAM2_HIERA_TINY_BACKBONE`)."""
+    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2VisionConfig
+
+    backbone = Sam2HieraDetConfig(**SAM2_HIERA_TINY_BACKBONE)
+    vision = Sam2VisionConfig(backbone_config=backbone, **SAM2_HIERA_TINY_NECK)
+    return Sam2Config(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": 256, "image_size": SAM2_IMAGE_SIZE, "patch_size": 16},
+        mask_decoder_config={"hidden_size": 256},
+    )
+
+
+def _sam2_family_encoder(model, name: str) -> tuple[Callable[[], None], dict]:
+    model = model.eval()
+    pixels = torch.randn(1, 3, SAM2_IMAGE_SIZE, SAM2_IMAGE_SIZE)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model.get_image_embeddings(pixels)
+
+    return forward, {
+        "model": name,
+        "image_size": SAM2_IMAGE_SIZE,
+        "encoder_params": sum(p.numel() for p in model.vision_encoder.parameters()),
+    }
+
+
+def sam2_encoder() -> tuple[Callable[[], None], dict]:
+    """SAM 2.1 Hiera-tiny's image encoder (Hiera + FPN neck, random weights) on one 1024 x 1024
+    image: ``(forward, info)``."""
+    from transformers import Sam2Model
+
+    start = time.perf_counter()
+    model = Sam2Model(sam2_hiera_tiny_config())
+    forward, info = _sam2_family_encoder(model, "SAM 2.1 Hiera-tiny (facebook/sam2.1-hiera-tiny config)")
+    info["build_s"] = time.perf_counter() - start
+    return forward, info
+
+
+def edgetam_encoder() -> tuple[Callable[[], None] | None, dict]:
+    """EdgeTAM's image encoder (RepViT-M1 + FPN neck, transformers' default ``EdgeTamConfig``,
+    random weights) on one 1024 x 1024 image: ``(forward, info)``; ``(None, {"skipped": why})``
+    when transformers has no EdgeTAM or cannot build it here (its backbone needs ``timm``)."""
+    try:
+        from transformers import EdgeTamConfig, EdgeTamModel
+    except ImportError as error:
+        return None, {"model": "EdgeTAM", "skipped": f"transformers has no EdgeTAM ({error})"}
+    start = time.perf_counter()
+    try:
+        model = EdgeTamModel(EdgeTamConfig())
+    except ImportError as error:
+        reason = str(error).strip().splitlines()[0]
+        return None, {"model": "EdgeTAM", "skipped": f"cannot be built here: {reason}"}
+    forward, info = _sam2_family_encoder(model, "EdgeTAM (transformers' default EdgeTamConfig)")
+    info["build_s"] = time.perf_counter() - start
+    return forward, info
+
+
+def sonovlm_first_click(backbone: str, adapter: str) -> Callable[[], None]:
+    """``Predictor.segment_interactive`` with one positive click on a 640 x 480 frame the predictor
+    has not seen (cache cleared each time): preprocessing, backbone, prompt maps, head, mapping back."""
+    from sonovlm.model.interaction import Interaction
+
+    predictor, image = _predictor_and_frame(backbone, adapter)
+    click = Interaction(positive=[(320, 240)])
+
+    def first_click() -> None:
+        predictor.clear_cache()
+        predictor.segment_interactive(image, "thyroid_nodule", click, frame=0)
+
+    return first_click
+
+
+def _predictor_and_frame(backbone: str, adapter: str):
+    """A CPU predictor of ``backbone`` + ``adapter`` (LoRA merged) and a 640 x 480 speckle frame."""
     from sonovlm.io import UltrasoundImage
     from sonovlm.model import AdapterConfig, ModelConfig, Predictor, SonoVLM
 
     model = SonoVLM(ModelConfig(backbone=backbone, adapter=AdapterConfig(kind=adapter)))
     if adapter == "lora":
         model.merge_adapter()
-    predictor = Predictor(model, "cpu")
     rng = np.random.default_rng(0)
     frame = np.clip(rng.rayleigh(60.0, (480, 640)), 0, 255).astype(np.uint8)
-    image = UltrasoundImage(frames=frame[None], source="<bench>")
+    return Predictor(model, "cpu"), UltrasoundImage(frames=frame[None], source="<bench>")
+
+
+def sonovlm_autosegment(backbone: str, adapter: str) -> Callable[[], None]:
+    """``Predictor.segment`` on a 640 x 480 frame, features recomputed each time."""
+    predictor, image = _predictor_and_frame(backbone, adapter)
 
     def segment() -> None:
         predictor.clear_cache()
         predictor.segment(image, "thyroid_nodule")
 
     return segment
+
+
+def gflops(fn: Callable[[], object]) -> float:
+    """Matmul/convolution GFLOPs of one call of ``fn`` as torch counts them (elementwise work not
+    included): a figure that does not depend on how busy the machine is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -172,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards for SAM and auto-segment")
     parser.add_argument("--segment-adapter", default="mona", help="adapter of the auto-segment timing")
     parser.add_argument("--skip-sam", action="store_true", help="leave out SAM (slow to build and run)")
+    parser.add_argument(
+        "--skip-sam2", action="store_true", help="leave out SAM 2.1 Hiera-tiny, EdgeTAM and the first click"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -198,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_sam:
         functions["sam"], sam_info = sam_encoder(args.repeats)
         results["sam_vit_b_encoder"] = sam_info
+    if not args.skip_sam2:
+        functions["first_click"] = sonovlm_first_click("vit-b16", args.segment_adapter)
+        functions["sam2"], results["sam2_hiera_tiny_encoder"] = sam2_encoder()
+        edgetam, results["edgetam_encoder"] = edgetam_encoder()
+        if edgetam is not None:
+            functions["edgetam"] = edgetam
     medians = interleaved_medians(functions, args.repeats)
     results["sonovlm_autosegment"] = {"seconds": medians["sonovlm"], "adapter": args.segment_adapter}
     print(
@@ -210,6 +353,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["sam_over_sonovlm"] = ratio
         print(f"SAM ViT-B image encoder (1024x1024, random weights): {medians['sam'] * 1e3:.0f} ms")
         print(f"ratio SAM encoder / SonoVLM auto-segment: {ratio:.1f}x (target >= 25x)")
+    if "sam2" in medians:
+        first = medians["first_click"]
+        peers = [name for name in ("first_click", "sam2", "edgetam") if name in functions]
+        flops = {name: gflops(functions[name]) for name in peers}
+        results["sonovlm_first_click"] = {
+            "seconds": first,
+            "adapter": args.segment_adapter,
+            "gflops": flops["first_click"],
+        }
+        results["sam2_hiera_tiny_encoder"].update(seconds=medians["sam2"], gflops=flops["sam2"])
+        results["sam2_over_first_click"] = medians["sam2"] / first
+        results["sam2_over_first_click_gflops"] = flops["sam2"] / flops["first_click"]
+        print(
+            f"SonoVLM first click, new image (vit-b16 + {args.segment_adapter}, 640x480 frame): "
+            f"{first * 1e3:.0f} ms"
+        )
+        print(f"SAM 2.1 Hiera-tiny image encoder (1024x1024, random weights): {medians['sam2'] * 1e3:.0f} ms")
+        print(
+            f"ratio SAM 2.1 Hiera-tiny encoder / SonoVLM first click: "
+            f"{results['sam2_over_first_click']:.1f}x in time (target >= {SAM2_TARGET_RATIO:g}x), "
+            f"{results['sam2_over_first_click_gflops']:.1f}x in GFLOPs "
+            f"({flops['sam2']:.0f} / {flops['first_click']:.0f}; torch's matmul/conv count)"
+        )
+        if "edgetam" in medians:
+            results["edgetam_encoder"].update(seconds=medians["edgetam"], gflops=flops["edgetam"])
+            results["edgetam_over_first_click"] = medians["edgetam"] / first
+            print(
+                f"EdgeTAM image encoder (1024x1024, random weights): {medians['edgetam'] * 1e3:.0f} ms "
+                f"= {results['edgetam_over_first_click']:.1f}x SonoVLM's first click "
+                f"({flops['edgetam']:.0f} GFLOPs)"
+            )
+        else:
+            print(f"EdgeTAM: not measured, {results['edgetam_encoder']['skipped']}")
     results["load_average_1min"] = os.getloadavg()[0]
     print(f"1-minute load average at the end: {results['load_average_1min']:.2f} on {os.cpu_count()} CPUs")
     if args.json:
