@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import SonoInputError
 from ..organs import PATHOLOGIES, organ_label
+from ..vocabulary import DEFAULT_ADAPTER
 from .interaction import Interaction, encode_interaction
 from .precision import Precision, apply_precision, autocast, resolve_precision
 from .preprocess import FrameGeometry, check_frame, from_model_space
@@ -239,11 +240,11 @@ class Predictor:
         return autocast(self.precision, self.device)
 
     def precision_info(self) -> dict[str, Any]:
-        """``{"requested", "resolved", "reason"}`` (and ``quantized_layers`` for int8): for model info."""
-        info: dict[str, Any] = self.precision.to_dict()
-        if self.precision.resolved == "int8":
-            info["quantized_layers"] = self.precision_details.get("quantized_layers", 0)
-        return info
+        """``{"requested", "resolved", "reason", "backbone_layers"}``: for model info.
+
+        ``backbone_layers``: linear layers of the vision backbone held in int8 or bf16 (0 for fp32).
+        """
+        return {**self.precision.to_dict(), "backbone_layers": self.precision_details.get("layers", 0)}
 
     @property
     def model_card(self) -> dict[str, Any] | None:
@@ -465,7 +466,7 @@ def load_model(
                     f"{adapter!r} does not match the checkpoint's adapter {recorded!r} ({weights})",
                 )
         return load_checkpoint(weights, backbone=backbone, device=device)
-    config = ModelConfig(adapter=AdapterConfig(kind=adapter) if adapter else AdapterConfig())
+    config = ModelConfig(adapter=AdapterConfig(kind=adapter or DEFAULT_ADAPTER))
     if backbone is not None:
         config.backbone = backbone
     model = SonoVLM(config)

@@ -48,18 +48,19 @@ def test_auto_is_resolved_and_reported_with_its_reason(tmp_path, monkeypatch):
     _, registry = _registry(tmp_path)
     info = registry.info()["precision"]
     assert (info["requested"], info["resolved"]) == ("auto", "int8") and "no amx_bf16" in info["reason"]
-    assert info["quantized_layers"] == 24
+    assert info["backbone_layers"] == 24
 
 
-def test_int8_is_served_reported_in_replies_and_kept_on_publish(tmp_path):
-    _, registry = _registry(tmp_path, precision="int8", adapter="lora")
-    assert registry.info()["precision"]["resolved"] == "int8"
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_reduced_precision_is_served_reported_in_replies_and_kept_on_publish(tmp_path, precision):
+    _, registry = _registry(tmp_path, precision=precision, adapter="lora")
+    assert registry.info()["precision"]["resolved"] == precision
     served = registry.predictor.model
 
     # Published in place: the LoRA factors load into the quantised model, precision is kept.
     entry = registry.store.publish(lambda p: save_checkpoint(_lora_variant(3), p), source="test")
     assert registry.refresh() is True and registry.model_version == entry.version
-    assert registry.predictor.model is served and registry.info()["precision"]["resolved"] == "int8"
+    assert registry.predictor.model is served and registry.info()["precision"]["resolved"] == precision
 
     region = RegionSpec((0, 0, 127, 95), (0.2, 0.2))
     ds = us_dataset(bmode_frame(96, 128, seed=2, text=False), regions=[region])
@@ -69,4 +70,4 @@ def test_int8_is_served_reported_in_replies_and_kept_on_publish(tmp_path):
         _, reply = task.writer(data)
         assert reply["model_version"] == entry.version
         assert reply["precision"] == registry.info()["precision"]
-        assert reply["precision"]["requested"] == "int8"
+        assert reply["precision"]["requested"] == precision

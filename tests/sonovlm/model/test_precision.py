@@ -13,7 +13,9 @@ from sonovlm.model.precision import (
     CpuSupport,
     Precision,
     apply_precision,
+    autocast,
     backbone_linears,
+    bf16_linears,
     parse_precision,
     quantized_linears,
     resolve_precision,
@@ -125,7 +127,7 @@ def test_int8_quantises_only_the_frozen_backbone_lora():
     model.merge_adapter()  # a merged LoRA is unmerged: its factors stay float32 beside the int8 base
     predictor = Predictor(model, precision="int8")
     quantized = quantized_linears(model.clip.vision_model)
-    assert sorted(quantized) == sorted(targets) and predictor.precision_info()["quantized_layers"] == len(
+    assert sorted(quantized) == sorted(targets) and predictor.precision_info()["backbone_layers"] == len(
         targets
     )
     assert not model.adapter_merged
@@ -151,6 +153,28 @@ def test_int8_keeps_mona_float32_and_is_idempotent():
     assert all(".mona." not in name for name in quantized_linears(model.clip.vision_model))
     assert all(p.dtype == torch.float32 for p in adapter_parameters(model.clip))
     again = Predictor(model, precision="int8")  # the same model served again (a publish in place)
-    assert again.precision_info()["quantized_layers"] == count
+    assert again.precision_info()["backbone_layers"] == count
     with pytest.raises(SonoInputError, match="already int8"):
         apply_precision(model, Precision("fp32", "fp32", "test"))
+
+
+@pytest.mark.parametrize("adapter", ["lora", "mona"])
+def test_bf16_stores_the_frozen_linears_in_bf16_with_autocast_s_results(adapter):
+    """Casting the frozen weights once gives what autocast's per-forward cast gives."""
+    model = _perturbed(adapter)
+    version = model.version
+    predictor = Predictor(model, precision="bf16")
+    targets = bf16_linears(model.clip.vision_model)
+    assert predictor.precision_info()["backbone_layers"] == len(targets) == 24
+    assert all(p.dtype == torch.float32 for p in adapter_parameters(model.clip))
+    assert all(p.dtype == torch.float32 for p in model.seg_head.parameters())
+    assert model.version == version and not bf16_linears(model.clip.text_model)
+
+    reference = _perturbed(adapter)  # float32 weights, cast by autocast on each forward
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode(), autocast(predictor.precision, "cpu"):
+        expected = reference.segment_logits(reference.encode_image(pixels), reference.organ_text[0])
+        got = model.segment_logits(model.encode_image(pixels), model.organ_text[0])
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=1e-6)
+    with pytest.raises(SonoInputError, match="already bf16"):
+        Predictor(model, precision="int8")
