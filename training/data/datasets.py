@@ -46,7 +46,7 @@ from sonovlm.model.preprocess import (
 )
 
 from .layout import PublicLayout
-from .splits import few_shot_subset
+from .splits import few_shot_subset, k_shot_subset
 
 #: Keys collated as lists rather than stacked tensors.
 LIST_KEYS = ("name", "dataset", "caption", "frame_mask", "geometry", "spacing_mm", "organ")
@@ -80,17 +80,35 @@ def split_cases(
     train_ratio: float = 1.0,
     seed: int = 0,
     organs: Mapping[str, str] | None = None,
+    shots: int | None = None,
 ) -> list[Case]:
     """The cases of ``split`` for ``task`` over ``datasets`` (pooled, each with its organ).
 
     ``train_ratio`` < 1 keeps a seeded fraction of the *train* split (few-shot; per class for
-    classification), as the public code's ``--ratio`` does.
+    classification), as the public code's ``--ratio`` does. ``shots`` keeps ``shots`` images of
+    the *train* split per dataset (segmentation: one organ each) or per dataset and pathology
+    (classification), seeded, from the same order (:func:`~training.data.splits.k_shot_subset`);
+    a class with fewer is an error. Give one of the two, not both.
     """
+    if shots is not None and train_ratio < 1:
+        raise SonoInputError("--shots", "give --shots or --train-ratio, not both")
     cases: list[Case] = []
     for dataset in datasets:
         names = layout.split(task, dataset, split)
         labels = layout.labels(dataset) if task == "classification" else {}
-        if split == "train" and train_ratio < 1:
+        if split == "train" and shots is not None:
+            if task == "classification":
+                labels_of = {n: labels[n] for n in names if n in labels}
+                unlabelled = [n for n in names if n not in labels]
+                if unlabelled:
+                    raise SonoInputError(
+                        layout.task_dir(task, dataset) / "labels.csv",
+                        f"no label for {unlabelled[0]} (train list)",
+                    )
+                names = k_shot_subset(names, shots, seed, labels_of, f"{task}/{dataset} train split")
+            else:
+                names = k_shot_subset(names, shots, seed, None, f"{task}/{dataset} train split")
+        elif split == "train" and train_ratio < 1:
             names = few_shot_subset(names, train_ratio, seed, labels or None)
         organ = layout.organ(task, dataset, organs)
         for name in names:

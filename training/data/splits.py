@@ -101,3 +101,48 @@ def few_shot_subset(
         ordered = sorted(members, key=lambda n: seeded_key(seed, n))
         keep.update(ordered[: max(1, int(len(ordered) * ratio))])
     return [n for n in names if n in keep]
+
+
+def k_shot_subset(
+    names: Sequence[str],
+    shots: int,
+    seed: int = 0,
+    labels: Mapping[str, int] | None = None,
+    where: str = "train split",
+) -> list[str]:
+    """``shots`` names per class, the first in the seeded order :func:`few_shot_subset` uses.
+
+    Classes are the ``labels`` values (pathologies; all names one class without ``labels``), so
+    a K-shot subset is a prefix, per class, of the order a ``--train-ratio`` subset takes from, and
+    K-shot subsets of growing K are nested. The result keeps the order of ``names``.
+
+    Raises:
+        SonoInputError: ``shots`` < 1, or a class with fewer than ``shots`` names (named with
+            ``where``, for example ``segmentation/BUSI train split``).
+    """
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise SonoInputError("--shots", f"{shots!r} is not a positive whole number of images per class")
+    classes: dict[int | None, list[str]] = defaultdict(list)
+    for name in names:
+        classes[(labels or {}).get(name)].append(name)
+    if not classes:
+        raise SonoInputError("--shots", f"{where} is empty")
+    keep: set[str] = set()
+    for label in sorted(classes, key=lambda c: (c is None, c)):
+        members = classes[label]
+        if len(members) < shots:
+            what = "images" if labels is None else f"images of class {_class_name(label)}"
+            raise SonoInputError(
+                "--shots", f"{where} holds {len(members)} {what}, fewer than the {shots} asked for"
+            )
+        ordered = sorted(members, key=lambda n: seeded_key(seed, n))
+        keep.update(ordered[:shots])
+    return [n for n in names if n in keep]
+
+
+def _class_name(label: int | None) -> str:
+    from sonovlm.organs import PATHOLOGIES
+
+    if label is None:
+        return "unlabelled"
+    return f"{label} ({PATHOLOGIES[label]})" if 0 <= label < len(PATHOLOGIES) else str(label)
