@@ -52,6 +52,14 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
             help="organ of a dataset the layout does not name (repeatable)",
         )
     data.add_argument("--train-ratio", type=float, default=1.0, help="few-shot fraction of the train split")
+    if stage in ("segmentation", "classification"):
+        data.add_argument(
+            "--shots",
+            type=int,
+            metavar="K",
+            help="K-shot: K train images per dataset (segmentation) or per dataset and pathology "
+            "(classification), seeded; instead of --train-ratio",
+        )
     data.add_argument(
         "--augment",
         choices=AUGMENT_MODES,
@@ -71,6 +79,15 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
     model.add_argument("--init-from", help="checkpoint or run folder to start from (e.g. a contrastive run)")
     model.add_argument("--prompt-bank", help="packaged prompt bank name or bank file")
     if stage in ("segmentation", "classification"):
+        from .baselines import MODELS
+
+        model.add_argument(
+            "--model",
+            choices=MODELS,
+            help="sonovlm (default) or a baseline run by the same pipeline: unet (segmentation), "
+            "resnet18 (classification), linear-probe (frozen backbone, both)",
+        )
+    if stage in ("segmentation", "classification"):
         model.add_argument(
             "--freeze-adapter",
             action="store_true",
@@ -85,6 +102,11 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
     train.add_argument("--patience", type=int, default=10, help="early stopping: epochs without improvement")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
+        "--init-seed",
+        type=int,
+        help="seed of the adapter/head (baseline: network) initialisation (default: --seed)",
+    )
+    train.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="auto",
@@ -98,6 +120,12 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
         help="torch CPU threads per process (0: torch's default; 1 on a busy CPU)",
     )
     train.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    train.add_argument(
+        "--figures",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="training curves, ROC and overlays in figures/ (--no-figures: skip them)",
+    )
     train.add_argument("--out", required=True, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
 
@@ -107,10 +135,19 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     if args.command == "zero-shot":
         args.epochs = max(args.epochs, 1)
+    from .baselines import check_args, drop_sonovlm_options, is_baseline
     from .paper import build_stage, resolve
 
+    check_args(args)  # before --paper fills in SonoVLM's options
+    if hasattr(args, "model"):
+        args.model = args.model or "sonovlm"
+    resolve(args)
+    if is_baseline(args):
+        drop_sonovlm_options(args)  # what --paper filled in for SonoVLM
+        if args.command == "segmentation":
+            args.interactive_fraction = 0.0
     # the segmentation stage draws its simulated interactions from its own seeded generator
-    stage = build_stage(resolve(args))
+    stage = build_stage(args)
     return run_stage(args, stage)
 
 

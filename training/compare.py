@@ -1,10 +1,11 @@
 """``python -m training compare RUN_DIR...``: the paper-style table across runs.
 
-Rows are backbone × adapter (plus the stage, and the few-shot ratio when below 1), columns the
-datasets; a run on pooled datasets fills each of its datasets' columns from its per-dataset
-results (its row is marked "pooled"). Each cell is the test-set mean with its 95 % bootstrap
-interval. Runs of different tasks give one table per task. Two runs for the same cell are an
-error (name the runs of one table only).
+Rows are backbone × adapter, or the baseline (``--model``), plus the stage and the few-shot ratio
+or ``--shots`` when the train split was cut; columns the datasets; a run on pooled datasets fills
+each of its datasets' columns from its per-dataset results (its row is marked "pooled"). Each
+cell is the test-set mean with its 95 % bootstrap interval. Runs of different tasks give one
+table per task. Two runs for the same cell are an error (name the runs of one table only; the
+multi-seed driver, ``python -m training multiseed``, gives mean ± std over seeds).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from sonovlm.errors import SonoInputError
 
-from .report import METRICS_FILE, format_value
+from .report import METRICS_FILE, format_value, model_label
 
 DEFAULT_METRIC = {"segmentation": "dice", "classification": "auc"}
 
@@ -32,11 +33,14 @@ def load_run(run: Path) -> tuple[dict, dict]:
 
 
 def _row_label(metrics: dict, run_info: dict, pooled: bool) -> str:
-    label = f"{metrics['backbone']} + {metrics['adapter']}"
+    label = model_label(metrics)
     if metrics.get("stage") not in ("segmentation", "classification"):
         label += f" ({metrics['stage']})"
-    ratio = run_info.get("settings", {}).get("train_ratio", 1.0)
-    if ratio and ratio < 1:
+    settings = run_info.get("settings", {})
+    ratio = settings.get("train_ratio", 1.0)
+    if settings.get("shots"):
+        label += f" [{settings['shots']}-shot]"
+    elif ratio and ratio < 1:
         label += f" [{ratio:.0%} train]"
     if pooled:
         label += " (pooled)"
@@ -88,7 +92,7 @@ def compare_runs(runs: list[Path], metric: str | None = None, out: Path | None =
         lines = [
             f"## {task}: {key} (test mean [95 % bootstrap interval])",
             "",
-            "| backbone + adapter | " + " | ".join(datasets) + " |",
+            "| model | " + " | ".join(datasets) + " |",
             "|---|" + "---|" * len(datasets),
         ]
         for row in sorted(rows):

@@ -138,6 +138,10 @@ def export_run(run: Path, file: Path) -> tuple[Path, Path]:
     from sonovlm.model import read_checkpoint_metadata
 
     metrics, run_info = load_run(run)
+    if (metrics.get("model") or "sonovlm") != "sonovlm":
+        raise SonoInputError(
+            run, f"a --model {metrics['model']} baseline run: the server serves SonoVLM checkpoints only"
+        )
     checkpoint = run / BEST_CHECKPOINT
     if not checkpoint.is_file():
         raise SonoInputError(run, f"no {BEST_CHECKPOINT} in the run folder")

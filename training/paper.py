@@ -144,8 +144,11 @@ def reference_preprocess(image_size: int) -> Any:
 
 def build_stage(args: argparse.Namespace) -> Any:
     """The stage object for ``args.command`` with the resolved loss and interaction settings."""
+    from .baselines import build_baseline_stage, is_baseline
     from .stages import STAGES
 
+    if is_baseline(args):
+        return build_baseline_stage(args)
     stage_class = STAGES[args.command]
     loss = getattr(args, "loss", None) or "sonovlm"
     if args.command == "segmentation":

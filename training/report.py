@@ -71,6 +71,22 @@ def format_value(summary: dict, key: str) -> str:
     return text
 
 
+#: How a baseline is named in tables (``--model``; SonoVLM rows read ``backbone + adapter``).
+BASELINE_LABELS = {
+    "unet": "UNet (MONAI, from scratch)",
+    "resnet18": "ResNet-18 (MONAI, from scratch)",
+    "linear-probe": "linear probe on {backbone} (frozen)",
+}
+
+
+def model_label(metrics: dict) -> str:
+    """``tiny + mona`` for a SonoVLM run, the baseline's name for a ``--model`` baseline."""
+    model = metrics.get("model") or "sonovlm"
+    if model == "sonovlm":
+        return f"{metrics['backbone']} + {metrics['adapter']}"
+    return BASELINE_LABELS.get(model, model).format(backbone=metrics.get("backbone"))
+
+
 def results_markdown(metrics: dict) -> str:
     """The run's Markdown table: one row per dataset plus the pooled test set."""
     task = metrics["task"]
@@ -78,7 +94,7 @@ def results_markdown(metrics: dict) -> str:
     unit = metrics.get("distance_unit")
     headers = [k.upper() + (f" ({unit})" if k in ("hd95", "asd") and unit else "") for k in keys]
     lines = [
-        f"# {metrics['stage']}: {metrics['backbone']} + {metrics['adapter']}",
+        f"# {metrics['stage']}: {model_label(metrics)}",
         "",
         f"Test split of {', '.join(metrics['datasets'])}; mean [95 % bootstrap interval].",
         "",
@@ -110,6 +126,7 @@ __all__ = [
     "RESULTS_FILE",
     "format_value",
     "metric_keys",
+    "model_label",
     "pick_overlay_cases",
     "plot_overlays",
     "plot_roc",

@@ -16,10 +16,12 @@ The run folder (``--out``) ends up holding::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +67,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def initialisation_seed(seed: int) -> Iterator[None]:
+    """Build models under ``seed``: SonoVLM draws its adapter and head initialisation under
+    ``sonovlm.model.sonovlm_model.INIT_SEED`` (0 unless set here, so every seed-0 run and the demo
+    model are unchanged), a baseline under torch's global generator, seeded here. The global
+    random state after the block is the one before it."""
+    from sonovlm.model import sonovlm_model
+
+    before = sonovlm_model.INIT_SEED
+    sonovlm_model.INIT_SEED = seed
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        sonovlm_model.INIT_SEED = before
+
+
 def build_model(args: argparse.Namespace) -> Any:
     """The SonoVLM for this run: fresh (``--backbone``/``--adapter``) or from ``--init-from``."""
     from dataclasses import replace
 
     from sonovlm.model import AdapterConfig, HeadConfig, ModelConfig, SonoVLM, load_backbone, load_checkpoint
 
+    from .baselines import build_baseline, is_baseline
     from .paper import adapter_options, head_options, reference_preprocess
 
+    if is_baseline(args):
+        return build_baseline(args)
     heads = head_options(args)
     if getattr(args, "init_from", None):
         path = resolve_checkpoint(args.init_from)
@@ -169,10 +192,30 @@ def _cases(args: argparse.Namespace, stage: Stage) -> dict[str, list[Case]]:
             raise SonoInputError("--organ", f"{item!r} is not DATASET=ORGAN")
         organs[dataset] = organ
     out = {}
+    shots = getattr(args, "shots", None)
     for split in ("train", "val", "test"):
         ratio = args.train_ratio if split == "train" else 1.0
-        out[split] = split_cases(layout, stage.task, datasets, split, ratio, args.seed, organs)
+        out[split] = split_cases(layout, stage.task, datasets, split, ratio, args.seed, organs, shots)
     return out
+
+
+def few_shot_record(args: argparse.Namespace, stage: Stage, train: list[Case]) -> dict | None:
+    """What ``run.json`` says about a few-shot train split (``--shots`` or ``--train-ratio``)."""
+    shots = getattr(args, "shots", None)
+    if shots is None and args.train_ratio >= 1:
+        return None
+    per_class: dict[str, dict[str, int]] = {}
+    for case in train:
+        key = "all" if case.label is None else ("benign", "malignant")[case.label]
+        counts = per_class.setdefault(case.dataset, {})
+        counts[key] = counts.get(key, 0) + 1
+    record: dict = {"train_images": per_class, "seed": args.seed}
+    if shots is not None:
+        record["shots"] = shots
+        record["per"] = "dataset and pathology" if stage.task == "classification" else "dataset (organ)"
+    else:
+        record["train_ratio"] = args.train_ratio
+    return record
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -204,7 +247,9 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         seed_everything(args.seed + info.rank)
-        model = build_model(args).to(info.device)
+        init_seed = args.seed if getattr(args, "init_seed", None) is None else args.init_seed
+        with initialisation_seed(init_seed):  # the same on every rank
+            model = build_model(args).to(info.device)
         stage.configure(model, getattr(args, "freeze_adapter", False))
         cases = _cases(args, stage)
         trains = stage.name != "zero-shot"
@@ -212,14 +257,19 @@ def run_stage(args: argparse.Namespace, stage: Stage) -> int:
             if not cases[split]:
                 raise SonoInputError(split, f"the {split} split is empty")
         config = model.preprocess_config
+        from .baselines import model_of
+
         run_info = {
             "stage": stage.name,
+            "model": model_of(args),
+            "init_seed": init_seed,
             "task": stage.task or "contrastive",
             "backbone": model.backbone_info.get("name"),
             "untrained_backbone": bool(model.backbone_info.get("untrained", False)),
             "adapter": model.config.adapter.kind,
             "datasets": sorted({c.dataset for c in cases["test"]}) if stage.task else ["pairs"],
             "counts": {split: len(items) for split, items in cases.items()},
+            "few_shot": few_shot_record(args, stage, cases["train"]) if stage.task else None,
             "settings": vars(args).copy(),
             "model_config": model.config.to_dict(),
             "parameters": model.parameter_counts(),
@@ -315,8 +365,6 @@ def write_outputs(
     args: argparse.Namespace,
 ) -> None:
     """metrics.json, results.md and figures (rank 0)."""
-    import json
-
     if stage.name == "contrastive":
         summary = stage.summarize(records, args.bootstrap, args.seed, model=model)
         per_case = [{k: v for k, v in r.items() if k != "embedding"} for r in records]
@@ -325,7 +373,8 @@ def write_outputs(
         per_case = [{k: v for k, v in r.items() if k != "logits"} for r in records]
     metrics = {
         **{
-            k: run_info[k] for k in ("stage", "task", "backbone", "untrained_backbone", "adapter", "datasets")
+            k: run_info[k]
+            for k in ("stage", "model", "task", "backbone", "untrained_backbone", "adapter", "datasets")
         },
         "split": "val" if stage.name == "contrastive" else "test",
         **summary,
@@ -344,6 +393,19 @@ def write_outputs(
     report.write_json(out / report.METRICS_FILE, metrics)
     if stage.task is not None:
         (out / report.RESULTS_FILE).write_text(report.results_markdown(metrics), encoding="utf-8")
+    if getattr(args, "figures", True):
+        write_figures(out, stage, model, records, test_cases)
+    log.info(
+        "test: %s",
+        {k: metrics.get(k) for k in report.metric_keys(stage.task or "")} if stage.task else summary,
+    )
+    log.info("wrote %s", out / report.METRICS_FILE)
+
+
+def write_figures(out: Path, stage: Stage, model: Any, records: list[dict], test_cases: list[Case]) -> None:
+    """``figures/``: training curves, ROC (classification), overlays (segmentation)."""
+    import json
+
     figures = out / report.FIGURES_DIR
     figures.mkdir(exist_ok=True)
     history_path = out / HISTORY
@@ -356,15 +418,15 @@ def write_outputs(
             [r["label"] for r in records], [r["probability"] for r in records], figures / "roc_curve.png"
         )
     if stage.task == "segmentation":
+        from .baselines import BaselineModel, overlay_renderer
+
         by_name = {c.name: c for c in test_cases}
-        report.plot_overlays(
-            report.pick_overlay_cases(records), _overlay_renderer(model, by_name), figures / "overlays.png"
+        render = (
+            overlay_renderer(model, by_name)
+            if isinstance(model, BaselineModel)
+            else _overlay_renderer(model, by_name)
         )
-    log.info(
-        "test: %s",
-        {k: metrics.get(k) for k in report.metric_keys(stage.task or "")} if stage.task else summary,
-    )
-    log.info("wrote %s", out / report.METRICS_FILE)
+        report.plot_overlays(report.pick_overlay_cases(records), render, figures / "overlays.png")
 
 
 def _overlay_renderer(model: Any, by_name: dict[str, Case]) -> Any:

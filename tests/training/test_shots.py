@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sonovlm.errors import SonoInputError
 
+from training.cli import main
 from training.data.datasets import split_cases
 from training.data.layout import PublicLayout
 from training.data.splits import few_shot_subset, k_shot_subset
+
+COMMON = ["--backbone", "tiny", "--epochs", "1", "--batch-size", "4", "--bootstrap", "20", "--no-figures"]
 
 
 def test_k_shot_is_seeded_per_class_and_a_prefix_of_the_ratio_order():
@@ -42,3 +47,21 @@ def test_split_cases_with_shots(tiny_layout):
     assert len(split_cases(layout, "segmentation", ["BUSI"], "val", shots=1)) == 2  # train only
     with pytest.raises(SonoInputError, match="not both"):
         split_cases(layout, "segmentation", ["BUSI"], "train", train_ratio=0.5, shots=2)
+
+
+def test_shots_run_records_its_subset(tiny_layout, tmp_path, capsys):
+    out = tmp_path / "k2"
+    argv = ["classification", "--data-root", str(tiny_layout), "--dataset", "BUSI", *COMMON]
+    assert main([*argv, "--shots", "2", "--adapter", "none", "--out", str(out)]) == 0
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["counts"]["train"] == 4 and run_info["settings"]["shots"] == 2
+    assert run_info["few_shot"] == {
+        "train_images": {"BUSI": {"benign": 2, "malignant": 2}},
+        "seed": 0,
+        "shots": 2,
+        "per": "dataset and pathology",
+    }
+    # 6 train images, 3 per class: 4 shots is an error naming the class, before anything trains
+    assert main([*argv, "--shots", "4", "--out", str(tmp_path / "k4")]) == 2
+    assert "classification/BUSI train split holds 3 images of class 0 (benign)" in capsys.readouterr().err
+    assert not (tmp_path / "k4" / "metrics.json").exists()
