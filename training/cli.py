@@ -8,6 +8,7 @@ Commands::
     classification               adapter + classification head (MONAI Focal)
     zero-shot                    classification from the prompt bank alone (no training)
     compare RUN_DIR...           paper-style table across runs (rows backbone x adapter)
+    multiseed -- STAGE ...       a stage per model (SonoVLM, baselines) and seed; mean ± std table
     export RUN_DIR FILE          the best checkpoint as one file for the server, plus a model card
     refine-captions PAIRS        LLM-refine every caption of an image-caption file (the paper's step)
     demo-model FILE              the demo model (small preset) trained on simulated phantoms
@@ -273,8 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_run_export)
 
     from .captions import add_refine_captions_parser
+    from .multiseed import add_multiseed_parser
 
     add_refine_captions_parser(commands)
+    add_multiseed_parser(commands)
 
     demo = commands.add_parser(
         "demo-model", help="the demo model (small preset) trained on simulated phantoms, for make demo"
