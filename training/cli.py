@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sonovlm.errors import ModelLoadError, SonoInputError
 from sonovlm.model.augment import AUGMENT_MODES
+from sonovlm.vocabulary import ADAPTER_KINDS, DEFAULT_ADAPTER
 
 from .engine import PRECISIONS
 from .paper import add_reference_options
@@ -76,7 +77,7 @@ def _add_stage_options(parser: argparse.ArgumentParser, stage: str) -> None:
     model.add_argument(
         "--backbone", help="preset (tiny, vit-b16), hub id or local dir (default: CLIP ViT-B/16 hub id)"
     )
-    model.add_argument("--adapter", choices=("lora", "mona", "hybrid", "none"), help="default mona")
+    model.add_argument("--adapter", choices=ADAPTER_KINDS, help=f"default {DEFAULT_ADAPTER}")
     model.add_argument("--init-from", help="checkpoint or run folder to start from (e.g. a contrastive run)")
     model.add_argument("--prompt-bank", help="packaged prompt bank name or bank file")
     if stage in ("segmentation", "classification"):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from sonovlm.errors import SonoInputError
 from sonovlm.model.augment import train_transforms
+from sonovlm.vocabulary import DEFAULT_ADAPTER
 
 from . import report
 from .data.datasets import Case, build_dataset, collate, pair_cases, split_cases
@@ -118,7 +119,7 @@ def build_model(args: argparse.Namespace) -> Any:
         fresh.load_trainable_state_dict({**fresh.trainable_state_dict(), **kept})
         log.info("heads %s replaced by %s (adapter kept)", model.config.heads.to_dict(), heads)
         return fresh
-    default_adapter = "none" if args.command == "zero-shot" else "mona"
+    default_adapter = "none" if args.command == "zero-shot" else DEFAULT_ADAPTER
     config = ModelConfig(
         adapter=AdapterConfig(kind=args.adapter or default_adapter, **adapter_options(args)),
         heads=HeadConfig(**heads),

@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..demo_model import DEMO_WEIGHTS_ALIAS, demo_checkpoint
 from ..errors import SonoInputError
-from ..model.backbone import DEFAULT_BACKBONE
-from ..model.precision import PRECISION_KEY, Precision, parse_precision, resolve_precision
+from ..vocabulary import ADAPTER_KINDS, DEFAULT_BACKBONE, check_adapter, parse_bool
 
-#: Adapter kinds ``--conf adapter`` accepts (see :class:`sonovlm.model.AdapterConfig`).
-ADAPTER_KINDS: tuple[str, ...] = ("lora", "mona", "hybrid", "none")
+if TYPE_CHECKING:  # the precision module imports torch; this one must not (--conf parsing only)
+    from ..model.precision import Precision
+
+#: What a bad ``--conf precision`` is reported against.
+PRECISION_KEY = "--conf precision"
+
+__all__ = ["ADAPTER_KINDS", "AppConfig"]
 
 #: Task names; ``--conf models`` picks a subset (default ``all``).
 MODEL_NAMES: tuple[str, ...] = ("segmentation", "classification")
@@ -47,14 +52,7 @@ DEFAULT_IMAGE_PATTERNS: tuple[str, ...] = (
 
 
 def _parse_bool(key: str, value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise SonoInputError(f"--conf {key}", f"expected true or false, got {value!r}")
+    return parse_bool(value, f"--conf {key}")
 
 
 def _parse_number(key: str, value: str | float, minimum: float, number_type: type = int) -> float:
@@ -151,11 +149,8 @@ class AppConfig:
         if not backbone:
             raise SonoInputError("--conf backbone", "must not be empty")
 
-        adapter = conf.pop("adapter", "").strip() or None
-        if adapter is not None and adapter not in ADAPTER_KINDS:
-            raise SonoInputError(
-                "--conf adapter", f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTER_KINDS)}"
-            )
+        adapter = check_adapter(conf.pop("adapter", "").strip() or None, "--conf adapter")
+        from ..model.precision import parse_precision
 
         return cls(
             backbone=backbone,
@@ -191,4 +186,6 @@ class AppConfig:
         Raises:
             SonoInputError: naming ``--conf precision`` (int8 on CUDA, bf16 on a GPU without it).
         """
+        from ..model.precision import resolve_precision
+
         return resolve_precision(self.precision, device or self.resolved_device(), PRECISION_KEY)

@@ -35,6 +35,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..errors import SonoInputError
 from ..organs import ORGAN_LABELS, PATHOLOGIES, organ_label
+from ..vocabulary import parse_bool
 from .config import ORGAN_CHOICES_AUTO, RESULT_EXTENSIONS
 from .http import input_errors_as_http
 from .labels import resolve_organ
@@ -160,17 +161,7 @@ def slicer_mask_spacing(image: Any) -> tuple[float, float] | None:
 
 def _bool_param(request: dict[str, Any], name: str, default: bool) -> bool:
     """A true/false request param: a bool or ``"true"``/``"false"``; absent or blank is ``default``."""
-    value = _first(request.get(name, default))
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text == "":
-        return default
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise SonoInputError(name, f"expected true or false, got {value!r}")
+    return parse_bool(_first(request.get(name, default)), name, default)
 
 
 def wants_measurements(request: dict[str, Any]) -> bool:

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelLoadError, SonoInputError
+from ..vocabulary import DEFAULT_ADAPTER
 from .config import AppConfig
 
 logger = logging.getLogger(__name__)
 
 #: Adapter of a fresh model when ``--conf adapter`` is not given (the paper's Mona).
-DEFAULT_ADAPTER = "mona"
 
 #: Config entries that must be equal for a checkpoint to load into the served model in place.
 _IN_PLACE_KEYS = ("adapter", "heads", "preprocess", "prompt_hash")

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 
+from ..vocabulary import DEFAULT_ADAPTER
 from .model_options import add_model_arguments
 
 
@@ -32,7 +33,7 @@ def describe(backbone: str | None, adapter: str | None, device: str = "cpu") -> 
     """The ``--json`` object for a configuration."""
     from ..model import AdapterConfig, ModelConfig, SonoVLM, save_checkpoint
 
-    config = ModelConfig(adapter=AdapterConfig(kind=adapter) if adapter else AdapterConfig())
+    config = ModelConfig(adapter=AdapterConfig(kind=adapter or DEFAULT_ADAPTER))
     if backbone is not None:
         config.backbone = backbone
     # Sizes do not depend on the prompt embeddings' values: skip running the text tower.

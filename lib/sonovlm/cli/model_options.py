@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-ADAPTER_CHOICES = ("lora", "mona", "hybrid", "none")
+from ..vocabulary import ADAPTER_KINDS, DEFAULT_ADAPTER
 
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -
         "(default: the checkpoint's with --weights, else openai/clip-vit-base-patch16)",
     )
     parser.add_argument(
-        "--adapter", choices=ADAPTER_CHOICES, help="vision adapter (default: the checkpoint's, else lora)"
+        "--adapter",
+        choices=ADAPTER_KINDS,
+        help=f"vision adapter (default: the checkpoint's, else {DEFAULT_ADAPTER})",
     )
     if weights:
         parser.add_argument(

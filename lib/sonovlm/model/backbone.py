@@ -40,9 +40,8 @@ from transformers import CLIPConfig, CLIPModel
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ..errors import ModelLoadError
-
-#: Hub id used when no backbone is named.
-DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
+from ..vocabulary import DEFAULT_BACKBONE
+from .tokenizer import hub_offline
 
 #: CLIP's vocabulary and special tokens (the shipped tokenizer has the same).
 CLIP_VOCAB_SIZE = 49408
@@ -285,11 +284,6 @@ def hub_cache_dir() -> str:
         return os.path.join(os.environ["HF_HOME"], "hub")
     return constants.HF_HUB_CACHE
 
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is true, read now, not at import."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _load_hub(repo_id: str) -> Backbone:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError
+from ..vocabulary import env_flag
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -38,8 +39,7 @@ def hub_offline() -> bool:
     Read at call time: huggingface_hub reads it once at import, so a value set later would
     otherwise be ignored.
     """
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return env_flag("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def hub_cache_dir() -> str:

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from sonovlm.errors import SonoInputError
+from sonovlm.vocabulary import ADAPTER_KINDS
 
-ADAPTER_KINDS = ("lora", "mona", "hybrid", "none")
 HYBRID_VARIANTS = ("sonovlm", "reference")
 
 
