@@ -12,7 +12,9 @@ Overridden MONAI Label 0.8.5 behaviour (see the reference notes):
 * ``propagate`` with ``"as_job": true`` runs as a job a client polls (:mod:`sonovlm.app.jobs`).
 * automatic re-scoring after every next-sample is off; scores follow publishes instead
   (:mod:`sonovlm.app.scoring`).
-* the datastore is :class:`~sonovlm.app.datastore.SonoDatastore`.
+* the datastore is :class:`~sonovlm.app.datastore.SonoDatastore` (a studies folder) or
+  :class:`~sonovlm.app.dicomweb.DICOMwebUltrasoundDatastore` (``--studies`` a DICOMweb URL); the
+  app asks either through :class:`~sonovlm.app.label_store.LabelStore`.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from ..errors import ModelLoadError, SonoInputError
 from ..organs import ORGAN_LABELS
 from .config import AppConfig
 from .datastore import STATE_DIR, SonoDatastore
-from .dicomweb import DICOMwebUltrasoundDatastore, build_datastore, dicomweb_cache_dir
+from .dicomweb import build_datastore
 from .frames import ImageCache
 from .http import bad_input, not_found
 from .infer import DEFAULT_ORGAN, ClassificationTask, SegmentationTask
 from .interactive import InteractiveTask
 from .jobs import JobBoard
+from .label_store import LabelStore
 from .model_store import ModelStore
+from .pacs_index import dicomweb_cache_dir
 from .propagate import PropagateTask
 from .registry import ModelRegistry
 from .results import ResultLog
@@ -45,9 +49,6 @@ from .scoring import BackgroundScorer, ScoreStore, ScoringJob
 from .strategies import DiversityStrategy, FirstStrategy, RandomStrategy, ServedLog, UncertaintyStrategy
 
 logger = logging.getLogger(__name__)
-
-#: Datastores this app builds: a local studies folder, or a PACS over DICOMweb.
-_DATASTORES = (SonoDatastore, DICOMwebUltrasoundDatastore)
 
 
 class SonoVLMServer(MONAILabelApp):
@@ -91,7 +92,7 @@ class SonoVLMServer(MONAILabelApp):
         if self.studies.startswith(("http://", "https://")):
             # Not MONAI Label's DICOMweb datastore: it lists CT, downloads dcmqi at start and
             # converts to NIfTI (losing the ultrasound calibration).
-            return build_datastore(self.studies, self.conf)
+            return build_datastore(self.studies, self.conf, load_image=self.images.get)
         return SonoDatastore(
             self.studies,
             geometry=self._geometry,
@@ -105,7 +106,7 @@ class SonoVLMServer(MONAILabelApp):
 
     def _recorded_organ(self, image_id: str | None) -> str | None:
         datastore = self.datastore()
-        if image_id and isinstance(datastore, _DATASTORES):
+        if image_id and isinstance(datastore, LabelStore):
             return datastore.recorded_organ(image_id)
         return None
 
@@ -199,7 +200,7 @@ class SonoVLMServer(MONAILabelApp):
 
     def _start_scoring(self) -> None:
         datastore = self.datastore()
-        if not isinstance(datastore, _DATASTORES):
+        if not isinstance(datastore, LabelStore):
             return
         job = ScoringJob(
             model_version=self._served_version,
@@ -261,7 +262,7 @@ class SonoVLMServer(MONAILabelApp):
                 request["image_id"] = image
             return self.propagations.poll(request)
         if isinstance(image, str) and image:
-            if isinstance(datastore, _DATASTORES) and datastore.has_image(image):
+            if isinstance(datastore, LabelStore) and datastore.has_image(image):
                 request["image_id"] = image
             elif not os.path.isfile(image):
                 raise not_found(f"image {image!r} is not in the datastore")
