@@ -137,12 +137,13 @@ def cosine_factor(total_steps: int, floor: float = 0.0) -> Callable[[int], float
     return factor
 
 
-def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
+def _progress(iterable: Any, enabled: bool, desc: str = "", **kwargs: Any) -> Any:
+    """A bar on the main process only (:func:`sonovlm.progress.progress`)."""
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    from sonovlm.progress import progress
 
-    return tqdm(iterable, dynamic_ncols=True, disable=None, **kwargs)  # None: bars on a terminal only
+    return progress(iterable, desc, **kwargs)
 
 
 class Trainer:

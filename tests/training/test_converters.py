@@ -315,3 +315,10 @@ def test_generic_csv(tmp_path):
     assert PublicLayout(tmp_path / "out").organ("segmentation", "LymphX") == "lymph_node"
     with pytest.raises(SonoInputError, match="--name"):
         CONVERTERS["generic"](src / "cases.csv", tmp_path / "out2", organ="lymph_node")
+
+
+def test_preparation_shows_hashing_and_writing_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SONOVLM_PROGRESS", "1")
+    CONVERTERS["busi"](make_busi(tmp_path / "src"), tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "duplicate hashing" in err and "writing BUSI" in err

@@ -299,3 +299,12 @@ def test_resume_draws_what_the_uninterrupted_run_draws(tiny_layout, tmp_path, mo
     a, b = (json.loads((out / "history.json").read_text()) for out in (straight, resumed))
     assert a[0]["train_loss"] == b[0]["train_loss"]
     assert a[1]["train_loss"] == pytest.approx(b[1]["train_loss"], rel=1e-6)
+
+
+def test_training_validation_and_evaluation_show_progress(tiny_layout, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SONOVLM_PROGRESS", "1")
+    argv = ["segmentation", "--data-root", str(tiny_layout), "--dataset", "BUSI", "--backbone", "tiny"]
+    out = str(tmp_path / "r")
+    assert run(*argv, "--adapter", "none", "--epochs", "1", "--bootstrap", "10", "--out", out) == 0
+    err = capsys.readouterr().err
+    assert all(label in err for label in ("epoch 1", "validation", "evaluation")), err[-2000:]

@@ -44,6 +44,7 @@ from sonovlm.model.preprocess import (
     to_model_space,
     unit_intensity,
 )
+from sonovlm.progress import cache_progress
 
 from .layout import PublicLayout
 from .splits import few_shot_subset, k_shot_subset
@@ -256,7 +257,7 @@ def build_dataset(
         transform=Compose(steps),
         cache_rate=cache_rate,
         num_workers=num_workers or None,
-        progress=False,
+        progress=cache_progress(),
         copy_cache=augmentation is not None,
     )
 

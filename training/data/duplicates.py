@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from sonovlm.progress import progress
 
 DHASH_SIZE = 16
 
@@ -76,7 +77,7 @@ def find_duplicates(
 
     first_with_hash: dict[str, int] = {}
     bits = []
-    for i, name in enumerate(names):
+    for i, name in enumerate(progress(names, "duplicate hashing", unit="image")):
         grey = grey_pixels(images[name])
         h = pixel_hash(grey)
         if h in first_with_hash:

@@ -27,6 +27,22 @@ def set_trainable(model: SonoVLM, adapter: bool, seg_head: bool, cls_head: bool)
     model.cls_head.requires_grad_(cls_head)
 
 
+def batches(loader: Any, info: DistInfo, desc: str) -> Any:
+    """``loader`` with a progress bar (main process only) for validation and evaluation loops."""
+    if not info.is_main:
+        return loader
+    from sonovlm.progress import progress
+
+    return progress(loader, desc, total=_length(loader), unit="batch", leave=False)
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 class Stage:
     """One training stage. Subclasses set the class attributes and implement the methods.
 

@@ -20,7 +20,7 @@ from sonovlm.model import SonoVLM, classification_loss
 
 from ..distributed import DistInfo, gather_records
 from ..metrics import summarize_classification
-from .base import Stage
+from .base import Stage, batches
 
 
 def _logits(model: SonoVLM, batch: dict) -> torch.Tensor:
@@ -28,9 +28,9 @@ def _logits(model: SonoVLM, batch: dict) -> torch.Tensor:
     return model.classify_logits(features, batch["organ_id"]).float()
 
 
-def _records(model: SonoVLM, loader: Any, info: DistInfo) -> list[dict]:
+def _records(model: SonoVLM, loader: Any, info: DistInfo, desc: str = "evaluation") -> list[dict]:
     records = []
-    for batch in loader:
+    for batch in batches(loader, info, desc):
         tensors = {k: v.to(info.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         logits = _logits(model, tensors)
         probabilities = model.cls_head.probabilities(logits)[:, 1].float().cpu().tolist()
@@ -63,7 +63,7 @@ class ClassificationStage(Stage):
 
     @torch.no_grad()
     def validate(self, model: SonoVLM, loader: Any, info: DistInfo) -> dict[str, float]:
-        records = _records(model, loader, info)
+        records = _records(model, loader, info, "validation")
         labels = np.array([r["label"] for r in records])
         logits = torch.tensor([r["logits"] for r in records])
         loss = (
@@ -74,7 +74,7 @@ class ClassificationStage(Stage):
         return {"auc": auc, "accuracy": scores["accuracy"], "loss": loss}
 
     def finish(self, model: SonoVLM, val_loader: Any, info: DistInfo) -> dict:
-        records = _records(model, val_loader, info)
+        records = _records(model, val_loader, info, "calibration")
         if not records:
             return {}
         logits = torch.tensor([r["logits"] for r in records])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sonovlm.model import SonoVLM
 
 from ..distributed import DistInfo, gather_records
-from .base import Stage
+from .base import Stage, batches
 
 
 def info_nce(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ class ContrastiveStage(Stage):
     @torch.no_grad()
     def validate(self, model: SonoVLM, loader: Any, info: DistInfo) -> dict[str, float]:
         records = []
-        for batch in loader:
+        for batch in batches(loader, info, "validation"):
             pixels = batch["pixel_values"].to(info.device)
             image = model.encode_image(pixels).embedding.float()
             text = model.encode_texts(batch["caption"]).float()
@@ -58,7 +58,7 @@ class ContrastiveStage(Stage):
     @torch.no_grad()
     def evaluate(self, model: SonoVLM, loader: Any, info: DistInfo) -> list[dict]:
         records = []
-        for batch in loader:
+        for batch in batches(loader, info, "evaluation"):
             image = model.encode_image(batch["pixel_values"].to(info.device)).embedding.float().cpu()
             for i, name in enumerate(batch["name"]):
                 records.append({"name": name, "caption": batch["caption"][i], "embedding": image[i].tolist()})

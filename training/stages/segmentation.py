@@ -28,7 +28,7 @@ from sonovlm.model.inference import MASK_THRESHOLD
 
 from ..distributed import DistInfo, gather_records
 from ..metrics import segmentation_case, summarize_segmentation
-from .base import Stage
+from .base import Stage, batches
 
 
 def lesion_probability(model: SonoVLM, batch: dict) -> torch.Tensor:
@@ -85,7 +85,7 @@ class SegmentationStage(Stage):
 
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
         records = []
-        for batch in loader:
+        for batch in batches(loader, info, "validation"):
             batch = {k: v.to(info.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             features = model.encode_image(batch["pixel_values"])
             logits = model.segment_logits(features, model.organ_text[batch["organ_id"]]).float()
@@ -104,7 +104,7 @@ class SegmentationStage(Stage):
     @torch.no_grad()
     def evaluate(self, model: SonoVLM, loader: Any, info: DistInfo) -> list[dict]:
         records = []
-        for batch in loader:
+        for batch in batches(loader, info, "evaluation"):
             tensors = {k: v.to(info.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             probability = lesion_probability(model, tensors).cpu()
             for i, name in enumerate(batch["name"]):

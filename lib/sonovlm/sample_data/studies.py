@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import SonoInputError
 from ..io import save_mask
 from ..organs import ORGAN_LABELS, PATHOLOGIES
+from ..progress import progress
 from .dicom import DicomIdentity, write_ultrasound_dicom
 from .simulate import simulate_case
 
@@ -103,7 +104,7 @@ def write_sample_studies(
 
     width = max(3, len(str(count)))
     cases: list[Case] = []
-    for index in range(count):
+    for index in progress(range(count), "sample studies", unit="study"):
         organ, pathology, labelled = case_plan(index)
         labelled = labelled or label_every_case
         case_id = f"sample_{index + 1:0{width}d}"

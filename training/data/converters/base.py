@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from sonovlm.errors import SonoInputError
+from sonovlm.progress import progress
 
 from ..duplicates import find_duplicates, grey_pixels
 from ..layout import SPLITS, LayoutWriter
@@ -133,7 +134,7 @@ def write_dataset(
     cls: dict[str, list[str]] = {s: [] for s in SPLITS}
     labels_out: dict[str, int] = {}
     empty_masks: list[str] = []
-    for case in sorted(cases, key=lambda c: c.name):
+    for case in progress(sorted(cases, key=lambda c: c.name), f"writing {dataset}", unit="image"):
         grey = grey_pixels(case.image)
         writer.write_image(case.name, grey)
         if case.masks:
