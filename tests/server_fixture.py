@@ -65,9 +65,12 @@ def start_server(
     **kwargs: Any,
 ) -> RunningServer:
     """:func:`sonovlm.server_launcher.start_server` of the repository's ``monailabel_app`` on
-    ``studies_dir``; ``backbone`` defaults to ``tiny``. ``kwargs``: ``work_dir``, ``python``,
-    ``timeout``, ``wait`` (see the launcher)."""
-    return launch(APP_DIR, studies_dir, {"backbone": "tiny", **(conf or {})}, env, **kwargs)
+    ``studies_dir``; ``backbone`` defaults to ``tiny`` and ``precision`` to ``fp32``: the server
+    tests compare served masks with the same model run in the test process, bit for bit, and
+    ``auto`` picks bf16 or int8 on most CPUs (tests/sonovlm/app/test_precision_conf.py covers it).
+    ``kwargs``: ``work_dir``, ``python``, ``timeout``, ``wait`` (see the launcher)."""
+    conf = {"backbone": "tiny", "precision": "fp32", **(conf or {})}
+    return launch(APP_DIR, studies_dir, conf, env, **kwargs)
 
 
 @pytest.fixture(scope="session")
