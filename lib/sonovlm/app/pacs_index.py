@@ -18,7 +18,9 @@ not take because it was away stays there and is sent again at every listing
 (:meth:`Outbox.flush`); one it refused moves to ``outbox/rejected/``.
 
 Label records keep only :data:`LABEL_INFO_KEYS` and :data:`INTERNAL_KEYS`: no patient attribute
-of the PACS ever enters the index.
+of the PACS ever enters the index. Also here: where the cache is (:func:`dicomweb_cache_dir`), a
+saved label's record (:func:`pacs_label_record`) and history (:func:`pacs_history`), and the
+conversions between a checked label and a DICOM SEG (:func:`seg_of_label`, :func:`label_from_seg`).
 """
 
 from __future__ import annotations
