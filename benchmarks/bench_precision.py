@@ -15,7 +15,9 @@ the CPU only emulates it, and says so):
    224 px, random weights, so no download), batch 1: ``bare`` is the vision tower alone, ``seg``
    the served forward (adapted vision tower plus the text-conditioned segmentation head). Median
    of ``--repeats`` runs after ``--warmup``, the precisions timed in interleaved rounds so that a
-   load change on a shared machine hits them alike; the minimum is printed too.
+   load change on a shared machine hits them alike; the minimum is printed too, and the process
+   CPU time of each forward (less sensitive to other work on the machine than the wall time; with
+   ``--threads 1`` it is the work done).
 
 A benchmark, not a test: it prints figures (``--json FILE`` also writes them) and exits 0.
 """
@@ -175,14 +177,20 @@ def latency(
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {key: [] for key in runs}
+    cpu_times: dict[str, list[float]] = {key: [] for key in runs}
     load_before = _load_average()
     for _ in range(repeats):
         for key, run in runs.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             run()
             times[key].append((time.perf_counter() - started) * 1000.0)
+            cpu_times[key].append((time.process_time() - cpu_started) * 1000.0)
     ms = {key: _median_and_min(values) for key, values in times.items()}
+    cpu_ms = {key: round(statistics.median(values), 1) for key, values in cpu_times.items()}
     speedup = {key: round(ms[key.replace(key[key.index("[") :], "[fp32]")][0] / ms[key][0], 2) for key in ms}
+    cpu_speedup = {
+        key: round(cpu_ms[key.replace(key[key.index("[") :], "[fp32]")] / cpu_ms[key], 2) for key in ms
+    }
     return {
         "backbone": backbone,
         "adapter": adapter,
@@ -190,6 +198,9 @@ def latency(
         "ms_median": {key: value[0] for key, value in ms.items()},
         "ms_min": {key: value[1] for key, value in ms.items()},
         "speedup_vs_fp32": speedup,
+        "cpu_ms_median": cpu_ms,
+        "cpu_speedup_vs_fp32": cpu_speedup,
+        "threads": torch.get_num_threads(),
         "repeats": repeats,
         "warmup": warmup,
         "load_average_1min": [load_before, _load_average()],
@@ -245,12 +256,14 @@ def format_report(result: dict[str, Any]) -> str:
     if part:
         lines.append(
             f"\nlatency: {part['backbone']} (random weights), adapter {part['adapter']}, batch 1, "
-            f"median [min] of {part['repeats']} ms; load {part['load_average_1min']}"
+            f"median [min] of {part['repeats']} wall ms, and median process CPU ms "
+            f"({part['threads']} threads); load {part['load_average_1min']}"
         )
         for key, value in part["ms_median"].items():
             lines.append(
                 f"  {key:<12} {value:>9.1f} ms  [{part['ms_min'][key]:>7.1f}]  "
-                f"x{part['speedup_vs_fp32'][key]:.2f} vs fp32"
+                f"x{part['speedup_vs_fp32'][key]:.2f} vs fp32   cpu {part['cpu_ms_median'][key]:>8.1f} ms  "
+                f"x{part['cpu_speedup_vs_fp32'][key]:.2f}"
             )
     for section in ("parity", "latency"):
         for name, described in result.get(section, {}).get("precision", {}).items():
