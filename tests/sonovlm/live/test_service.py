@@ -7,6 +7,7 @@ frames; the viewer (pyigtl ``OpenIGTLinkClient``) reads what 3D Slicer's OpenIGT
 from __future__ import annotations
 
 import json
+import statistics
 import time
 import tracemalloc
 
@@ -129,21 +130,25 @@ def test_a_sender_faster_than_the_model_costs_dropped_frames_not_memory(
         tracemalloc.reset_peak()
         received_before = service.buffer.received
         most_pending = 0
+        samples = []  # traced bytes every ~5 ms
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             most_pending = max(most_pending, service.buffer.pending)
+            samples.append(tracemalloc.get_traced_memory()[0])
             time.sleep(0.005)
-        held, peak = tracemalloc.get_traced_memory()
+        _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     stats = service.stats()
     streamed = stats["received"] - received_before
     assert streamed > 60, f"the sender managed only {streamed} frames in 3 s"
     assert most_pending <= 1 and stats["dropped"] > 2 * stats["processed"]
-    # Allocated during the 3 s and still held: a frame or two, whatever arrived. The peak (the
-    # model's float work arrays included) stays far below what queueing the frames would hold.
-    print(f"held {held / 2**20:.2f} MiB, peak {peak / 2**20:.2f} MiB, {streamed} frames streamed")
-    assert held - before < 12 * frame_bytes, f"{(held - before) / 2**20:.1f} MiB still held"
+    # What is held does not grow with the frames that arrived: the last half second holds what
+    # the first did (medians: a sample may fall inside a model call and its float work arrays).
+    # The peak stays far below what queueing the frames would hold.
+    sixth = max(1, len(samples) // 6)
+    first, last = statistics.median(samples[:sixth]), statistics.median(samples[-sixth:])
+    assert last - first < 6 * frame_bytes, f"held memory grew by {(last - first) / 2**20:.1f} MiB"
     assert peak - before < min(48 * frame_bytes, streamed * frame_bytes / 5), (
         f"{(peak - before) / 2**20:.1f} MiB at the peak while {streamed} frames of "
         f"{frame_bytes / 2**10:.0f} KiB arrived"
@@ -183,7 +188,7 @@ def test_a_viewer_that_leaves_and_comes_back_gets_the_newest_labelmap(
     _labels(first, 1)
     first.stop()
     simulator.pause()
-    time.sleep(0.3)
+    time.sleep(1.0)  # the frame in hand, if any, is done
     newest = service.segmenter.processed
     second = viewer_factory(service.out_port)
     label = second.wait_for_message("SonoVLMLabel", timeout=5)
@@ -203,10 +208,14 @@ def test_the_stream_stopping_and_its_geometry_changing_are_told(
     other = frames_from_studies(studies, organ="breast_lesion")[:1]  # another depth: other spacing
     assert other[0][1] != node_frames[0][1]
     simulator.replace_frames(other)
+    resumed_at = time.time()
     simulator.resume()
     seen = _events(viewer, "geometry_changed")
     assert "geometry_changed" in seen
     label, _ = _labels(viewer, 1)[0]
+    deadline = time.monotonic() + 10
+    while label.timestamp < resumed_at and time.monotonic() < deadline:  # not one from before the pause
+        label, _ = _labels(viewer, 1)[0]
     np.testing.assert_allclose(label.ijk_to_world_matrix[1, 1], other[0][1][0], rtol=1e-5)
     logged = [event for event in service.segmenter.events if event["event"] == "geometry_changed"]
     assert "the stream's frames changed from" in logged[0]["message"]
