@@ -66,6 +66,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--all-components", action="store_true", help="send every component, not only the measured lesion"
     )
+    parser.add_argument(
+        "--forward-image",
+        action="store_true",
+        help="send each segmented frame too (its own device name): viewers show image and labelmap in step",
+    )
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames segmented")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default torch's)")
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         status_device=args.status_device,
         event_device=args.event_device,
         single_lesion=not args.all_components,
+        forward_image=args.forward_image,
     )
     stop = threading.Event()
 

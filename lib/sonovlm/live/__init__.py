@@ -8,7 +8,8 @@ latency) to viewers such as 3D Slicer's OpenIGTLinkIF.
 Modules (public names re-exported here):
 
 * :mod:`.geometry`: :class:`LiveFrame`, :class:`StreamGeometry`, :func:`frame_from_message`,
-  :func:`label_message`, :func:`string_message`, :func:`image_message` (pyigtl <-> SonoVLM).
+  :func:`label_message`, :func:`frame_message`, :func:`string_message`, :func:`image_message`
+  (pyigtl <-> SonoVLM).
 * :mod:`.buffer`: :class:`LatestFrameBuffer` (one slot, drops counted).
 * :mod:`.smoothing`: :class:`ProbabilitySmoother` (EMA of the lesion probability, optional).
 * :mod:`.transport`: :class:`IgtlClient` (reconnecting) and :class:`IgtlServer` (latest-only).
@@ -28,6 +29,7 @@ from .geometry import (
     LiveFrame,
     StreamGeometry,
     frame_from_message,
+    frame_message,
     image_message,
     label_message,
     string_message,
@@ -48,6 +50,7 @@ __all__ = [
     "ProbabilitySmoother",
     "StreamGeometry",
     "frame_from_message",
+    "frame_message",
     "image_message",
     "label_message",
     "parse_address",

@@ -213,6 +213,18 @@ def label_message(mask: np.ndarray, frame: LiveFrame, device_name: str) -> pyigt
     )
 
 
+def frame_message(frame: LiveFrame) -> pyigtl.ImageMessage:
+    """The frame itself as an IMAGE: its pixels (``(1, rows, cols)`` grey or ``(1, rows, cols, 3)``
+    RGB), matrix, coordinate system, timestamp and device name, as received (alpha dropped)."""
+    return pyigtl.ImageMessage(
+        image=frame.image.frames,
+        ijk_to_world_matrix=frame.ijk_to_world,
+        world_coordinate_system=frame.coordinate_system,
+        timestamp=frame.timestamp,
+        device_name=frame.device_name,
+    )
+
+
 def string_message(
     payload: dict[str, Any], device_name: str, timestamp: float | None = None
 ) -> pyigtl.StringMessage:

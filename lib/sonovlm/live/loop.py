@@ -11,7 +11,9 @@ arrive while the model works are dropped, never queued) and for each one:
    :func:`sonovlm.app.infer.single_lesion`, computed the same way on the lesion's bounding box);
 4. publishes two messages: the labelmap IMAGE (the frame's geometry and timestamp, device
    :attr:`LiveSegmenter.label_device`) and a STRING of JSON (device :attr:`status_device`) with the
-   long and short axis in mm, area, confidence, latency, frames per second and drop counts.
+   long and short axis in mm, area, confidence, latency, frames per second and drop counts; with
+   ``forward_image``, first the frame itself (its device name, pixels, matrix and timestamp), so a
+   viewer shows the very frame each labelmap was computed from, in step.
 
 Events go to the log and as a STRING of JSON on :attr:`LiveSegmenter.event_device`: the stream
 stopped (no frame for ``stall_s``), resumed, its frame size or spacing changed (smoothing
@@ -34,7 +36,14 @@ import numpy as np
 from ..errors import SonoInputError
 from ..organs import organ_label
 from .buffer import LatestFrameBuffer
-from .geometry import LiveFrame, StreamGeometry, check_device_name, label_message, string_message
+from .geometry import (
+    LiveFrame,
+    StreamGeometry,
+    check_device_name,
+    frame_message,
+    label_message,
+    string_message,
+)
 from .smoothing import ProbabilitySmoother
 
 logger = logging.getLogger(__name__)
@@ -75,6 +84,7 @@ class LiveSegmenter:
         stall_s: seconds without a frame after which the stream counts as stopped.
         label_device, status_device, event_device: OpenIGTLink device names of what is sent.
         single_lesion: keep only the measured lesion (largest component, holes filled).
+        forward_image: send the segmented frame too, before its labelmap.
     """
 
     def __init__(
@@ -89,6 +99,7 @@ class LiveSegmenter:
         status_device: str = "SonoVLMStatus",
         event_device: str = "SonoVLMEvent",
         single_lesion: bool = True,
+        forward_image: bool = False,
     ) -> None:
         self.predictor = predictor
         self.organ = organ
@@ -102,6 +113,7 @@ class LiveSegmenter:
         self.status_device = check_device_name(status_device, "--status-device")
         self.event_device = check_device_name(event_device, "--event-device")
         self.single_lesion = bool(single_lesion)
+        self.forward_image = bool(forward_image)
         self.geometry: StreamGeometry | None = None
         self.processed = 0
         self.rejected = 0
@@ -185,13 +197,13 @@ class LiveSegmenter:
             self._all_latencies.append(latency_ms)
             self._done_at.append(done)
         status = self._status(frame, measurement, confidence, latency_ms)
-        self.publish(
-            [
-                label_message(mask, frame, self.label_device),
-                string_message(status, self.status_device, timestamp=frame.timestamp),
-            ],
-            "frame",
-        )
+        messages = [
+            label_message(mask, frame, self.label_device),
+            string_message(status, self.status_device, timestamp=frame.timestamp),
+        ]
+        if self.forward_image:
+            messages.insert(0, frame_message(frame))
+        self.publish(messages, "frame")
         return LiveResult(mask=mask, status=status, latency_ms=latency_ms)
 
     def _status(

@@ -87,7 +87,8 @@ def test_live_segments_a_simulated_plus_stream_until_stopped_by_pid(tmp_path):
     log = open(tmp_path / "live.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "sonovlm.cli.main", "live", "--igtl-in", f"127.0.0.1:{simulator.port}"]
-        + ["--igtl-out", str(out_port), "--organ", "lymph_node", "--weights", "demo", "--threads", "1"],
+        + ["--igtl-out", str(out_port), "--organ", "lymph_node", "--weights", "demo", "--threads", "1"]
+        + ["--forward-image"],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -112,6 +113,9 @@ def test_live_segments_a_simulated_plus_stream_until_stopped_by_pid(tmp_path):
             assert label.image.shape == (1, rows, cols) and label.image.dtype == np.uint8
             np.testing.assert_allclose(np.diag(label.ijk_to_world_matrix)[:3], (col_mm, row_mm, 1), rtol=1e-5)
             assert min(abs(t - label.timestamp) for t in simulator.sent_timestamps) < 1e-6
+            frame = viewer.wait_for_message("Image_Reference", timeout=1)  # --forward-image
+            assert frame is not None and frame.image.shape == label.image.shape
+            np.testing.assert_array_equal(frame.image[0], frames[0][0])
             statuses.append(payload)
         assert len(statuses) == 3
         for payload in statuses:  # the demo model finds the phantom node and measures it

@@ -89,6 +89,16 @@ def test_one_frame_gives_a_labelmap_and_its_measurements():
     assert status["latency_ms"] >= 0 and status["processed"] == 1 and status["research_use_only"]
 
 
+def test_forward_image_sends_the_segmented_frame_first():
+    recorder = Recorder()
+    LiveSegmenter(FakePredictor(), "lymph_node", recorder, forward_image=True).process(_frame(timestamp=7.25))
+    image, label, status = recorder.frames()[0]
+    assert image.device_name == "Image_Reference" and image.timestamp == label.timestamp == 7.25
+    assert image.image.shape == label.image.shape == (1, 60, 80)
+    np.testing.assert_array_equal(image.ijk_to_world_matrix, label.ijk_to_world_matrix)
+    assert status.device_name == "SonoVLMStatus"
+
+
 def test_all_components_and_an_empty_frame():
     recorder = Recorder()
     predictor = FakePredictor()
