@@ -3,9 +3,9 @@ against a SonoVLM MONAI Label server. Research use only.
 
 The work is done by Qt-free code in ``SonoVLMLib`` (tested outside Slicer with slicer-core):
 ``SonoVLMLogic`` holds an :class:`~SonoVLMLib.workflow.AnnotationSession` (by composition: Slicer's
-``ScriptedLoadableModuleLogic.__init__`` calls ``super().__init__()`` without arguments); the
-widget wires the panel's buttons to it, runs server requests off the GUI thread
-(:mod:`SonoVLMLib.tasks`) and shows what comes back.
+``ScriptedLoadableModuleLogic.__init__`` calls ``super().__init__()`` without arguments) and the
+Live panel's :class:`~SonoVLMLib.live.LiveLogic`; the widget wires the panel's buttons to them,
+runs server requests off the GUI thread (:mod:`SonoVLMLib.tasks`) and shows what comes back.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from slicer.util import VTKObservationMixin
 from SonoVLMLib.client import ImageExistsError, SonoVLMClient, SonoVLMClientError
 from SonoVLMLib.geometry import pixel_points_to_ras, volume_ijk_to_ras
 from SonoVLMLib.interaction import control_points_ras
+from SonoVLMLib.live import LABEL_DEVICE, LiveLogic, upload_case_steps
 from SonoVLMLib.organs import ORGAN_LABELS, segment_name
 from SonoVLMLib.replies import organ_label_text
 from SonoVLMLib.scene import CaseObserver, UltrasoundSceneLogic
@@ -41,6 +42,7 @@ CLIENT_ID_SETTING = "SonoVLM/clientId"
 TOKEN_ENVIRONMENT = "SONOVLM_TOKEN"
 TRAINING_POLL_MS = 3000
 REQUEST_POLL_MS = 50
+LIVE_REFRESH_MS = 250
 
 #: Panel shortcuts (Slicer's own: Ctrl+Shift+A/T/Space are the Markups toolbar's,
 #: Ctrl+Shift+arrows the Sequences toolbar's, Ctrl+Z the Segment Editor's undo).
@@ -98,6 +100,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._task = None  # the action in flight: (title, BackgroundSteps, on_done)
         self._applying = False  # the extension itself is changing the segment
         self._lastChangeWasAI = False
+        self.liveMonitor = None
+        self._liveShown = None  # (image, label) node ids laid out in the views
 
     @property
     def session(self):
@@ -136,6 +140,9 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoInteractionButton.connect("clicked()", self.onUndo)
         self.ui.propagateButton.connect("clicked()", self.onPropagate)
         self.ui.frameConfidenceList.connect("itemClicked(QListWidgetItem*)", self.onFrameClicked)
+        self.ui.liveStartButton.connect("clicked()", self.onLiveStart)
+        self.ui.liveStopButton.connect("clicked()", self.onLiveStop)
+        self.ui.liveFreezeButton.connect("clicked()", self.onFreeze)
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
 
@@ -162,6 +169,9 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.requestTimer = qt.QTimer()
         self.requestTimer.setInterval(REQUEST_POLL_MS)
         self.requestTimer.connect("timeout()", self._pollRequest)
+        self.liveTimer = qt.QTimer()  # the figures decay when the stream stops: polled, not pushed
+        self.liveTimer.setInterval(LIVE_REFRESH_MS)
+        self.liveTimer.connect("timeout()", self.updateLive)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneClosing)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
@@ -187,6 +197,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._task[1].cancel()
             self._task = None
         self._closeCaseObserver()
+        self._stopLive()
         self.removeObservers()
         self.trainingTimer.stop()
         self.measureTimer.stop()
@@ -251,7 +262,10 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             windowTitle="SonoVLM: upload a patient image",
         ):
             return
-        self._upload(volume, replace=False)
+        if self.case is not None and self.case.volume is volume and self.case.image_id is None:
+            self._uploadCase(self.case, replace=False)  # a frozen live frame: keep its contour
+        else:
+            self._upload(volume, replace=False)
 
     def _upload(self, volume, replace):
         def failed(error):
@@ -269,6 +283,31 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"Uploading {volume.GetName()}",
             self.session.open_volume_steps(volume, replace=replace),
             self._showCase,
+            on_error=failed,
+        )
+
+    def _uploadCase(self, case, replace):
+        """Upload the image of a case already shown (a frozen live frame), keeping its segments."""
+
+        def done(uploaded):
+            self.ui.caseLabel.text = self._caseText(uploaded)
+            self._setStatus(f"{uploaded.image_id} is on the server: correct the contour, then submit.")
+
+        def failed(error):
+            if not isinstance(error, ImageExistsError):
+                return False
+            choice = self._askExisting(error.image_id)
+            if choice == "replace":
+                self._uploadCase(case, replace=True)
+            elif choice == "reuse":
+                case.set_image_id(error.image_id)
+                done(case)
+            return True
+
+        self._run(
+            f"Uploading {case.volume.GetName()}",
+            upload_case_steps(self.session, case, replace=replace),
+            done,
             on_error=failed,
         )
 
@@ -358,6 +397,97 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons(training=False)
             return
         self._updateButtons(training=progress.running)
+
+    # ---------------------------------------------------------------- live
+
+    def onLiveStart(self):
+        """Watch the stream OpenIGTLinkIF receives (nodes picked, else found by device name)."""
+        with self._busy("Starting the live view"):
+            self._stopLive()
+            if self.ui.liveLabelSelector.currentNode() is None:
+                self.logic.live.ensure_label_node(LABEL_DEVICE)  # so the label shows as a labelmap
+            self.liveMonitor = self.logic.live.monitor(
+                self.ui.liveImageSelector.currentNode(),
+                self.ui.liveLabelSelector.currentNode(),
+                self.ui.liveStatusSelector.currentNode(),
+            )
+            self.liveMonitor.start()
+            self.liveTimer.start()
+            self.updateLive()
+
+    def onLiveStop(self):
+        self._stopLive()
+        self.ui.liveMessageLabel.text = "Stopped (OpenIGTLinkIF keeps receiving; Start to watch again)."
+        self._updateButtons()
+
+    def _stopLive(self):
+        self.liveTimer.stop()
+        if self.liveMonitor is not None:
+            self.liveMonitor.stop()
+        self._liveShown = None
+
+    def updateLive(self):
+        """Show the monitor's figures (timer slot: must not raise)."""
+        monitor = self.liveMonitor
+        if monitor is None:
+            return
+        try:
+            reading = monitor.reading()
+            self.ui.liveFpsValueLabel.text = reading.fps_text()
+            self.ui.liveLatencyValueLabel.text = reading.latency_text()
+            self.ui.liveMessageLabel.text = reading.message_text()
+            self._showLiveLayers(monitor)
+        except Exception:  # noqa: BLE001 - a timer slot must survive
+            logging.exception("SonoVLM: live update failed")
+        self._updateButtons()
+
+    def _showLiveLayers(self, monitor):
+        """Lay the live image and its labelmap out in the slice views once they both exist."""
+        image, label = monitor.image_node, monitor.label_node
+        if image is None or label is None or label.GetImageData() is None or not monitor.running:
+            return
+        shown = (image.GetID(), label.GetID())
+        if shown == self._liveShown:
+            return
+        self._liveShown = shown
+        # The views turn into the frame's plane as it is now (a tracked probe moves it later).
+        layers = {"background": image, "fit": True, "rotateToVolumePlane": True}
+        if label.IsA("vtkMRMLLabelMapVolumeNode"):
+            slicer.util.setSliceViewerLayers(foreground=None, label=label, **layers)
+        else:  # OpenIGTLinkIF made a grey scalar volume of it: blend it over the image
+            slicer.util.setSliceViewerLayers(foreground=label, foregroundOpacity=0.4, label=None, **layers)
+
+    def onFreeze(self):
+        """Copy the current frame and labelmap into a case: correct it, upload it, submit it."""
+        monitor = self.liveMonitor
+        if monitor is None or self._task is not None:
+            return
+        if self.case is not None and not slicer.util.confirmOkCancelDisplay(
+            "Freeze the live frame? Work on the current case that was not submitted is dropped."
+        ):
+            return
+        with self._busy("Freezing the frame"):
+            organ = self.ui.organComboBox.currentData
+            frozen = self.logic.live.freeze(
+                monitor.image_node, monitor.label_node, monitor.status, fallback_organ=organ
+            )
+            self._stopLive()  # the views now show the frozen frame
+            self._showCase(frozen.case)
+            slicer.util.setSliceViewerLayers(
+                background=frozen.case.volume, foreground=None, label=None, fit=True, rotateToVolumePlane=True
+            )
+            self.segment_id = frozen.segment_id
+            self.ui.segmentEditorWidget.setCurrentSegmentID(frozen.segment_id)
+            self._showMeasurements(frozen.measurement)
+            self.ui.volumeSelector.setCurrentNode(frozen.case.volume)
+            message = f"Frozen {frozen.case.volume.GetName()} ({segment_name(frozen.organ)})."
+            if not frozen.geometry_matches:
+                message += " Its labelmap was computed at another probe position: check the contour."
+            message += (
+                " Correct it with the editor, then Upload and use, then Submit; Start resumes the stream."
+            )
+            self.ui.liveMessageLabel.text = message
+            self._setStatus(message)
 
     def onCancelRequest(self):
         if self._task is None:
@@ -517,6 +647,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._task[1].cancel()
             self._endRequest()
         self._closeCaseObserver()
+        self._stopLive()
+        self.liveMonitor = None
 
     def onSceneClosed(self, caller=None, event=None):
         """Node ids start again after Close Scene: nothing the session keyed by them survives."""
@@ -736,14 +868,19 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._caseObserver = CaseObserver(case, on_edit=self.onSegmentEdited, on_frame=self.onFrameChanged)
         self.ui.classificationLabel.text = ""
         self._showMeasurements(None)
+        self.ui.caseLabel.text = self._caseText(case)
+        self._setStatus(f"Loaded {case.image_id or case.name}.")
+
+    @staticmethod
+    def _caseText(case):
         spacing = (
             f"{case.spacing_mm[1]:.3f} x {case.spacing_mm[0]:.3f} mm/pixel"
             if case.spacing_mm
             else "not calibrated"
         )
         frames = f", {case.frames} frames (contours per frame)" if case.is_cine else ""
-        self.ui.caseLabel.text = f"{case.image_id}: {case.cols} x {case.rows} pixels, {spacing}{frames}"
-        self._setStatus(f"Loaded {case.image_id}.")
+        where = case.image_id or f"{case.name} (not on the server yet)"
+        return f"{where}: {case.cols} x {case.rows} pixels, {spacing}{frames}"
 
     def _showMeasurements(self, measurement):
         table = self.ui.measurementsTable
@@ -786,6 +923,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.undoInteractionButton,
             self.ui.propagateButton,
             self.ui.frameConfidenceList,
+            self.ui.liveFreezeButton,
             *self._toolButtons().values(),
         ):
             button.enabled = enabled
@@ -809,6 +947,12 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.frameConfidenceList.enabled = has_case and self.case.is_cine
         self.ui.trainButton.enabled = connected and not running
         self.ui.stopTrainingButton.enabled = connected and running
+        watching = self.liveMonitor is not None and self.liveMonitor.running
+        self.ui.liveStartButton.enabled = True
+        self.ui.liveStopButton.enabled = watching
+        self.ui.liveFreezeButton.enabled = (
+            watching and self.liveMonitor.image_node is not None and self.liveMonitor.label_node is not None
+        )
 
     @staticmethod
     def _segmentEditorNode():
@@ -837,6 +981,7 @@ class SonoVLMLogic(ScriptedLoadableModuleLogic):
     def __init__(self, scene=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.scene_logic = UltrasoundSceneLogic(scene if scene is not None else slicer.mrmlScene)
+        self.live = LiveLogic(self.scene_logic)
         self.session = None
 
     def open_session(self, server_url=DEFAULT_SERVER_URL, token=None, client_id=None, timeout=120.0):
@@ -864,9 +1009,41 @@ class SonoVLMLogic(ScriptedLoadableModuleLogic):
             self.session.reset()
 
 
+def _received_image(scene, device, voxels, ijk_to_ras):
+    """Update (or make) the volume of ``device`` as OpenIGTLinkIF does when an IMAGE arrives
+    (SlicerOpenIGTLink's OpenIGTLinkIF/MRML/vtkMRMLIGTLConnectorNode.cxx: the first volume of the
+    device's name, else a new scalar volume; IJK-to-RAS and pixels set inside
+    StartModify/EndModify, then Modified). ``voxels`` ``(rows, cols)``; ``ijk_to_ras`` 4 x 4."""
+    from SonoVLMLib.geometry import array_to_matrix
+
+    node = scene.GetFirstNode(device, "vtkMRMLScalarVolumeNode")
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", device)
+        node.CreateDefaultDisplayNodes()
+    was_modifying = node.StartModify()
+    node.SetIJKToRASMatrix(array_to_matrix(ijk_to_ras))
+    slicer.util.updateVolumeFromArray(node, voxels[None])
+    node.Modified()
+    node.EndModify(was_modifying)
+    return node
+
+
+def _received_text(scene, device, text):
+    """Update (or make) the text node of ``device`` as OpenIGTLinkIF does when a STRING arrives."""
+    node = scene.GetFirstNode(device, "vtkMRMLTextNode")
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTextNode", device)
+    was_modifying = node.StartModify()
+    node.SetText(text)
+    node.Modified()
+    node.EndModify(was_modifying)
+    return node
+
+
 class SonoVLMTest(ScriptedLoadableModuleTest):
-    """Runs the real workflow in Slicer against a server (``SONOVLM_SERVER_URL``, else the URL in
-    the settings, else http://127.0.0.1:8000). Without a server it says so and skips.
+    """Runs the Live panel's logic on a simulated stream (no server needed), then the real
+    workflow in Slicer against a server (``SONOVLM_SERVER_URL``, else the URL in the settings,
+    else http://127.0.0.1:8000). Without a server the workflow part says so and skips.
 
     Submitting a label changes the server's datastore, so the test submits only when
     ``SONOVLM_SELFTEST_SUBMIT=1`` (use it against a demo server).
@@ -877,7 +1054,59 @@ class SonoVLMTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_live_panel()
+        self.setUp()
         self.test_workflow_against_server()
+
+    def test_live_panel(self):
+        """Frame rate, latency and Freeze on nodes updated as OpenIGTLinkIF updates them (the
+        stream is simulated in the scene: no PLUS or sonovlm live needed)."""
+        import json
+
+        import numpy as np
+        from SonoVLMLib import live
+        from SonoVLMLib.geometry import volume_ijk_to_ras
+
+        self.delayDisplay("Live panel: a simulated stream at 10 frames per second")
+        logic = SonoVLMLogic()
+        scene = slicer.mrmlScene
+        label_node = logic.live.ensure_label_node()
+        now = [0.0]
+        monitor = logic.live.monitor(clock=lambda: now[0])
+        monitor.start()
+        rows, cols = 60, 80
+        ijk_to_ras = np.diag([-0.2, -0.25, 1.0, 1.0])
+        ijk_to_ras[:3, 3] = (5.0, 10.0, -3.0)
+        mask = np.zeros((rows, cols), np.uint8)
+        mask[20:40, 30:55] = ORGAN_LABELS["lymph_node"]
+        rng = np.random.default_rng(0)
+        for index in range(10):
+            now[0] = index * 0.1
+            pixels = rng.integers(0, 255, (rows, cols), dtype=np.uint8)
+            _received_image(scene, live.IMAGE_DEVICE, pixels, ijk_to_ras)
+            _received_image(scene, live.LABEL_DEVICE, mask, ijk_to_ras)
+            status = {"event": "frame", "organ": "lymph_node", "lesion": True, "latency_ms": 40.0 + index}
+            _received_text(scene, live.STATUS_DEVICE, json.dumps(status))
+        self.assertIs(monitor.label_node, label_node)  # the labelmap made at Start is reused
+        self.assertEqual(monitor.frames, 10)
+        self.assertAlmostEqual(monitor.fps(now=0.95), 10.0, places=6)
+        self.assertEqual(monitor.status.latency_ms, 49.0)
+        _received_text(scene, live.STATUS_DEVICE, "{broken")
+        self.assertIn("SonoVLMStatus: not JSON", monitor.reading().error)
+
+        self.delayDisplay("Live panel: Freeze")
+        frozen = logic.live.freeze(monitor.image_node, monitor.label_node, monitor.status)
+        monitor.stop()
+        self.assertEqual(frozen.organ, "lymph_node")
+        np.testing.assert_allclose(volume_ijk_to_ras(frozen.case.volume), ijk_to_ras, atol=1e-9)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(frozen.case.volume)[0], pixels)
+        segment_mask = logic.scene_logic.segment_mask(frozen.case, frozen.segment_id)
+        np.testing.assert_array_equal(segment_mask, mask != 0)
+        segment = frozen.case.segmentation.GetSegmentation().GetSegment(frozen.segment_id)
+        self.assertEqual(segment.GetName(), segment_name("lymph_node"))
+        _received_image(scene, live.IMAGE_DEVICE, np.zeros((rows, cols), np.uint8), ijk_to_ras)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(frozen.case.volume)[0], pixels)
+        self.delayDisplay("Live panel test passed")
 
     def test_workflow_against_server(self):
         url = os.environ.get("SONOVLM_SERVER_URL") or slicer.util.settingsValue(
