@@ -168,6 +168,12 @@ def _close_log_files() -> None:
 
 
 # ------------------------------------------------------------------------------------ the table
+def table_keys(task: str) -> tuple[str, ...]:
+    """The table's metrics: the task's keys, AUC first for classification (the paper's metric)."""
+    keys = metric_keys(task)
+    return ("auc", *(k for k in keys if k != "auc")) if "auc" in keys else keys
+
+
 def _mean_std(values: list[float]) -> dict[str, Any]:
     n = len(values)
     mean = sum(values) / n if n else None
@@ -189,7 +195,7 @@ def seed_statistics(task: str, runs: dict[str, dict[int, Path]]) -> dict[str, An
     """Per model: the label, the runs and ``{scope: {metric: mean/std/n/values}}`` over seeds, where
     ``scope`` is ``all`` (the pooled test set) or a dataset name. A metric a run could not compute
     (``None``, e.g. AUC on a one-class test split) is left out of that metric's seeds."""
-    keys = metric_keys(task)
+    keys = table_keys(task)
     result: dict[str, Any] = {}
     for model, by_seed in runs.items():
         per_scope: dict[str, dict[str, list[float]]] = {}
@@ -227,7 +233,7 @@ def seed_statistics(task: str, runs: dict[str, dict[int, Path]]) -> dict[str, An
 
 def comparison_markdown(task: str, stats: dict[str, Any], seeds: list[int]) -> str:
     """The Markdown table: pooled test metrics per model, then the main metrics per dataset."""
-    keys = metric_keys(task)
+    keys = table_keys(task)
     unit = next((s["distance_unit"] for s in stats.values() if s["distance_unit"]), None)
     headers = [k.upper() + (f" ({unit})" if k in ("hd95", "asd") and unit else "") for k in keys]
     lines = [
