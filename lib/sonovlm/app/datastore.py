@@ -40,6 +40,7 @@ from monailabel.utils.others.generic import file_checksum
 from ..errors import SonoInputError
 from .atomic import file_signature, write_atomic, write_bytes_atomic
 from .cases import CaseTable
+from .compat import LocalDatastoreCompat
 from .config import DEFAULT_IMAGE_PATTERNS
 from .http import image_exists, input_errors_as_http, not_found, replace_requested
 from .label_store import (
@@ -81,7 +82,7 @@ def _default_geometry(path: str) -> tuple[int, int, int, tuple[float, float] | N
     return image.n_frames, image.height, image.width, image.spacing_mm
 
 
-class SonoDatastore(LabelStoreCore, LocalDatastore):
+class SonoDatastore(LabelStoreCore, LocalDatastoreCompat, LocalDatastore):
     """Local datastore with atomic index writes and labels checked before they are stored
     (the label flow shared with the PACS datastore: :class:`~sonovlm.app.label_store.LabelStoreCore`).
 
@@ -121,7 +122,8 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
         """Process-wide (file lock) and thread-wide exclusion; re-entrant for the holding thread."""
         return _Both(self._mutex, self._index_lock)
 
-    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+    def reload_index(self, throw_exception: bool = False) -> None:
+        """Re-read the index file when it changed on disk (MONAI Label's ``_init_from_datastore_file``)."""
         with self._locked():
             signature = file_signature(self._datastore_config_path)
             if signature is None or signature == self._index_signature:
@@ -141,7 +143,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
                         exc,
                         aside,
                     )
-                    self._update_datastore_file()
+                    self.write_index()
                     return
                 # Only a file written by something else can be broken (ours are atomic): keep it
                 # for inspection and rebuild the index from the files on disk.
@@ -160,7 +162,8 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
             self._index_signature = signature
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
-    def _update_datastore_file(self, lock: bool = True) -> None:
+    def write_index(self, lock: bool = True) -> None:
+        """Write the index atomically (MONAI Label's ``_update_datastore_file``)."""
         with self._locked():
             self._ignore_event_config = True
             payload = self._datastore.model_dump_json(exclude={"base_path"}, indent=2).encode("utf-8")
@@ -168,9 +171,9 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
             self._index_signature = file_signature(self._datastore_config_path)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
-    def _reconcile_datastore(self) -> None:
-        with self._locked():
-            super()._reconcile_datastore()
+    def index_lock(self):
+        """The index lock (for MONAI Label's reconciliation, run by :mod:`.compat`)."""
+        return self._locked()
 
     def _object(self, image_id: str) -> ImageLabelModel:
         """The index entry of ``image_id`` (call under the lock after a re-read); 404 if unknown."""
@@ -181,7 +184,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
 
     def has_image(self, image_id: str) -> bool:
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             return image_id in self._datastore.objects
 
     # -- images ------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
             info.pop(key, None)
         info.update({"ts": int(time.time()), "name": name, "added_by": who(info), "added_at": now_iso()})
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             previous = self._datastore.objects.get(image_id)
             if (previous is not None or dest.exists()) and not replace:
                 raise image_exists(image_id)  # a file not indexed yet counts as well
@@ -225,7 +228,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
                 self._datastore.objects[image_id] = ImageLabelModel(
                     image=DataModel(info=info, ext=image_ext), labels=labels
                 )
-                self._update_datastore_file()
+                self.write_index()
             except OSError as exc:
                 if previous is None:
                     self._datastore.objects.pop(image_id, None)
@@ -321,20 +324,20 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
             if "pathology" in info:
                 info["pathology"] = resolve_pathology(info["pathology"])
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             obj = self._object(image_id)
             obj.image.info.update(info)
-            self._update_datastore_file()
+            self.write_index()
             return dict(obj.image.info)
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> dict[str, Any]:
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             label = self._datastore.label(label_id, label_tag)
             if label is None:
                 raise not_found(f"no {label_tag!r} label for image {label_id!r}")
             label.info.update(info)
-            self._update_datastore_file()
+            self.write_index()
             return dict(label.info)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
@@ -343,7 +346,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
 
     def remove_image(self, image_id: str) -> None:
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             self._object(image_id)
             super().remove_image(image_id)
 
@@ -359,7 +362,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
         503 (nothing changed) when the disk refuses a write. Returns the file written."""
         image_id, tag, checked = submission.image_id, submission.tag, submission.label
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             obj = self._object(image_id)
             label_dir = Path(self._datastore.label_path(tag))
             label_dir.mkdir(parents=True, exist_ok=True)
@@ -377,7 +380,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
                 info.update(submission.record)
                 info.update({"history": history, "ts": int(time.time()), "name": dest.name})
                 obj.labels[tag] = DataModel(info=info, ext=ext)
-                self._update_datastore_file()
+                self.write_index()
             except OSError as exc:  # disk read-only or full: put back what was there, say so
                 self._undo_save(obj, tag, previous, archived, restore_file=written)
                 raise disk_error(tag, image_id, label_dir, exc, "nothing was changed") from exc
@@ -435,7 +438,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
 
     def _image_ids(self) -> list[str]:
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             return sorted(self._datastore.objects)
 
     def _final_info(self, image_id: str) -> dict[str, Any] | None:
@@ -456,7 +459,7 @@ class SonoDatastore(LabelStoreCore, LocalDatastore):
 
     def status(self) -> dict[str, Any]:
         with self._locked():
-            self._init_from_datastore_file()
+            self.reload_index()
             return super().status()
 
 

@@ -36,6 +36,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from ..errors import SonoInputError
 from ..organs import ORGAN_LABELS, PATHOLOGIES, organ_label
 from ..vocabulary import parse_bool
+from .compat import InferTaskCompat
 from .config import ORGAN_CHOICES_AUTO, RESULT_EXTENSIONS
 from .http import input_errors_as_http
 from .labels import resolve_organ
@@ -222,7 +223,7 @@ def segmentation_config() -> dict[str, Any]:
     }
 
 
-class _SonoInferTask(BasicInferTask):
+class _SonoInferTask(InferTaskCompat, BasicInferTask):
     """What both tasks share: the registry's model, image loading, params, info."""
 
     def __init__(
@@ -256,7 +257,8 @@ class _SonoInferTask(BasicInferTask):
     def info(self) -> dict[str, Any]:
         return {**super().info(), **self.registry.info()}
 
-    def _get_network(self, device, data):
+    def served_network(self, device, data):
+        """The registry of the one served model (MONAI Label's ``_get_network``, via :mod:`.compat`)."""
         return self.registry
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:

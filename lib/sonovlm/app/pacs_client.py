@@ -14,10 +14,10 @@ import time
 from typing import Any
 
 import requests
-from dicomweb_client import DICOMwebClient
-from dicomweb_client.web import _Transaction
 from fastapi import HTTPException
 from pydicom.dataset import Dataset
+
+from .compat import DICOMwebClientCompat
 
 #: QIDO page size (servers cap results; we page until a short page).
 PAGE_SIZE = 500
@@ -90,24 +90,24 @@ def pacs_unavailable(url: str, exc: BaseException) -> HTTPException:
 # -- the client ------------------------------------------------------------------------------------
 
 
-class PacsClient(DICOMwebClient):
+class PacsClient(DICOMwebClientCompat):
     """dicomweb-client with raw-byte retrieval and storage (instances kept exactly as stored)."""
 
     def instance_bytes(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
         """The Part 10 bytes of one instance, in its stored transfer syntax."""
-        url = self._get_instances_url(_Transaction.RETRIEVE, study_uid, series_uid, sop_uid)
-        response = self._http_get(url, headers={"Accept": ACCEPT_AS_STORED})
+        url = self.instance_url(study_uid, series_uid, sop_uid)
+        response = self.http_get(url, headers={"Accept": ACCEPT_AS_STORED})
         if response.headers.get("Content-Type", "").startswith("application/dicom"):
             return response.content  # a non-conforming single part; dicomweb-client accepts it too
-        parts = list(self._decode_multipart_message(response, stream=False))
+        parts = self.multipart_parts(response)
         if len(parts) != 1:
             raise ValueError(f"expected one instance, the PACS sent {len(parts)}")
         return bytes(parts[0])
 
     def store_bytes(self, data: bytes) -> None:
         """STOW-RS one Part 10 file; ``requests.HTTPError`` when the PACS refuses it."""
-        url = self._get_studies_url(_Transaction.STORE, None)
-        reply = self._http_post_multipart_application_dicom(url, [data])
+        url = self.store_url()
+        reply = self.post_instances(url, [data])
         failed = reply.get("FailedSOPSequence")
         if failed:
             reasons = ", ".join(str(item.get("FailureReason", "?")) for item in failed)
@@ -121,7 +121,7 @@ class PacsClient(DICOMwebClient):
     def set_timeout(self, timeout_s: float) -> None:
         """Give every request of this client a ``timeout_s`` timeout (dicomweb-client has no
         setting for it; its session does). Call once."""
-        session = self._session
+        session = self.session
         original = session.request
 
         def request(method, url, **kwargs):

@@ -31,6 +31,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from .. import __version__
 from ..errors import ModelLoadError, SonoInputError
 from ..organs import ORGAN_LABELS
+from .compat import infer_tasks, server_mode, stop_rescoring_on_next_sample, strategies
 from .config import AppConfig
 from .datastore import STATE_DIR, SonoDatastore
 from .dicomweb import build_datastore
@@ -84,7 +85,7 @@ class SonoVLMServer(MONAILabelApp):
             labels=list(ORGAN_LABELS),
         )
         # MONAI Label's re-scoring rebuilds the whole app in a subprocess after every next-sample.
-        self._auto_update_scoring = False
+        stop_rescoring_on_next_sample(self)
 
     # -- wiring ------------------------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class SonoVLMServer(MONAILabelApp):
         if images:
             first = sorted(images)[0]
             try:
-                for task in self._infers.values():
+                for task in infer_tasks(self).values():
                     request = {"image": datastore.get_image_uri(first), "image_id": first, "warm_up": True}
                     mask_path, _ = task({**request, "logging": "WARNING"})
                     if mask_path:
@@ -250,8 +251,9 @@ class SonoVLMServer(MONAILabelApp):
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Resolve the image (datastore id -> path, 404 when unknown) and run the task."""
-        if request.get("model") not in self._infers:
-            raise not_found(f"no infer task {request.get('model')!r}; available: {', '.join(self._infers)}")
+        tasks = infer_tasks(self)
+        if request.get("model") not in tasks:
+            raise not_found(f"no infer task {request.get('model')!r}; available: {', '.join(tasks)}")
         datastore = datastore or self.datastore()
         image = request.get("image")
         request = dict(request)
@@ -283,7 +285,7 @@ class SonoVLMServer(MONAILabelApp):
     def train(self, request: dict[str, Any]) -> dict[str, Any]:
         """Train (in MONAI Label's training subprocess). ``run_sync`` would train inside the server
         process and block every request until it ends: refused with 400."""
-        if self._server_mode:
+        if server_mode(self):
             raise bad_input(
                 "run_sync",
                 "training inside the server blocks every request; start it without run_sync "
@@ -294,9 +296,9 @@ class SonoVLMServer(MONAILabelApp):
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         strategy = request.get("strategy") or "random"
-        task = self._strategies.get(strategy)
+        task = strategies(self).get(strategy)
         if task is None:
-            raise not_found(f"no strategy {strategy!r}; available: {', '.join(self._strategies)}")
+            raise not_found(f"no strategy {strategy!r}; available: {', '.join(strategies(self))}")
         result = task(request, self.datastore())
         result["path"] = self.datastore().get_image_uri(result["id"])
         return result

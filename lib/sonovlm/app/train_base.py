@@ -32,6 +32,7 @@ from .. import figures
 from ..errors import SonoInputError
 from ..model.augment import train_transforms
 from .atomic import write_json_atomic
+from .compat import TrainTaskCompat
 from .config import AppConfig
 from .model_store import ModelStore
 from .train_data import (
@@ -93,7 +94,7 @@ class _SegmentationOutput(nn.Module):
         return model.segment_logits(features, condition, maps)
 
 
-class SonoTrainer(BasicTrainTask):
+class SonoTrainer(TrainTaskCompat, BasicTrainTask):
     """Shared trainer logic; subclasses set the task and its metrics."""
 
     task = ""
@@ -160,7 +161,7 @@ class SonoTrainer(BasicTrainTask):
         logger.info("Split by image: %d training item(s), %d validation item(s)", len(train), len(val))
         return train, val
 
-    def _device(self, context: Context) -> torch.device:
+    def training_device(self, context: Context) -> torch.device:
         return torch.device(self.app_config.resolved_device())
 
     def network(self, context: Context) -> nn.Module:
@@ -250,7 +251,7 @@ class SonoTrainer(BasicTrainTask):
             ),
         ]
 
-    def _create_evaluator(self, context: Context):
+    def build_evaluator(self, context: Context):
         if not context.val_datalist:
             return None
         return SupervisedEvaluator(
@@ -259,14 +260,14 @@ class SonoTrainer(BasicTrainTask):
             network=context.network,
             inferer=self.val_inferer(context),
             prepare_batch=prepare_organ_batch,
-            postprocessing=self._validate_transforms(self.val_post_transforms(context), "Validation", "post"),
+            postprocessing=self.checked_transforms(self.val_post_transforms(context), "Validation", "post"),
             key_val_metric=self.val_key_metric(context),
             additional_metrics=self.val_additional_metrics(context),
             val_handlers=self.val_handlers(context),
-            amp=self._amp,
+            amp=self.amp,
         )
 
-    def _create_trainer(self, context: Context):
+    def build_trainer(self, context: Context):
         return SupervisedTrainer(
             device=context.device,
             max_epochs=context.max_epochs,
@@ -276,8 +277,8 @@ class SonoTrainer(BasicTrainTask):
             loss_function=self.loss_function(context),
             inferer=self.train_inferer(context),
             prepare_batch=self.train_prepare_batch,
-            amp=self._amp,
-            postprocessing=self._validate_transforms(self.train_post_transforms(context), "Training", "post"),
+            amp=self.amp,
+            postprocessing=self.checked_transforms(self.train_post_transforms(context), "Training", "post"),
             key_train_metric=self.train_key_metric(context),
             train_handlers=self.train_handlers(context),
         )
@@ -350,7 +351,7 @@ class SonoTrainer(BasicTrainTask):
             "val_items": len(context.val_datalist or []),
             "key_metric": self.key_metric,
             "device": str(context.device),
-            "amp": bool(self._amp and context.device.type == "cuda"),
+            "amp": bool(self.amp and context.device.type == "cuda"),
             "augment": context.request.get("augment", DEFAULT_AUGMENT),
             "best_metric": self._best[0] if self._best and math.isfinite(self._best[0]) else None,
             "base_model": self._base,
