@@ -24,6 +24,8 @@ DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
 
 #: Values ``--conf precision`` accepts (see :mod:`sonovlm.model.precision`).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
+#: What a bad precision value is reported against.
+PRECISION_KEY = "--conf precision"
 
 #: Words read as true and as false (case and surrounding blanks ignored).
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})

@@ -14,13 +14,10 @@ from typing import TYPE_CHECKING
 
 from ..demo_model import DEMO_WEIGHTS_ALIAS, demo_checkpoint
 from ..errors import SonoInputError
-from ..vocabulary import ADAPTER_KINDS, DEFAULT_BACKBONE, check_adapter, parse_bool
+from ..vocabulary import ADAPTER_KINDS, DEFAULT_BACKBONE, PRECISION_KEY, check_adapter, parse_bool
 
 if TYPE_CHECKING:  # the precision module imports torch; this one must not (--conf parsing only)
     from ..model.precision import Precision
-
-#: What a bad ``--conf precision`` is reported against.
-PRECISION_KEY = "--conf precision"
 
 __all__ = ["ADAPTER_KINDS", "AppConfig"]
 

@@ -41,11 +41,8 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 from ..errors import SonoInputError
+from ..vocabulary import PRECISION_KEY, PRECISIONS
 
-#: Values ``--conf precision`` accepts.
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
-#: What a bad value is reported against.
-PRECISION_KEY = "--conf precision"
 #: CPU flags (``/proc/cpuinfo``) meaning native bfloat16 arithmetic.
 BF16_CPU_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
 
