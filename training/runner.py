@@ -86,53 +86,39 @@ def initialisation_seed(seed: int) -> Iterator[None]:
         sonovlm_model.INIT_SEED = before
 
 
-def build_model(args: argparse.Namespace) -> Any:
-    """The SonoVLM for this run: fresh (``--backbone``/``--adapter``) or from ``--init-from``."""
-    from dataclasses import replace
+def run_config(args: argparse.Namespace) -> Any:
+    """The :class:`~sonovlm.model.run_config.RunConfig` of a SonoVLM run's flags."""
+    from sonovlm.model.run_config import RunConfig
 
-    from sonovlm.model import AdapterConfig, HeadConfig, ModelConfig, SonoVLM, load_backbone, load_checkpoint
+    from .paper import adapter_options, head_options, reference_preprocess
+
+    init_from = getattr(args, "init_from", None)
+    return RunConfig(
+        backbone=args.backbone,
+        adapter=args.adapter,
+        weights=resolve_checkpoint(init_from) if init_from else None,
+        default_adapter="none" if args.command == "zero-shot" else DEFAULT_ADAPTER,
+        adapter_options=adapter_options(args),
+        heads=head_options(args),
+        prompt_bank=getattr(args, "prompt_bank", None),
+        preprocess_for=reference_preprocess if getattr(args, "preprocess", None) == "reference" else None,
+    )
+
+
+def build_model(args: argparse.Namespace) -> Any:
+    """The model for this run: a baseline, or SonoVLM fresh (``--backbone``/``--adapter``) or from
+    ``--init-from`` (:func:`sonovlm.model.run_config.build_model`, the loader every entry point uses)."""
+    from sonovlm.model.run_config import build_model as build_sonovlm
 
     from .baselines import build_baseline, is_baseline
-    from .paper import adapter_options, head_options, reference_preprocess
 
     if is_baseline(args):
         return build_baseline(args)
-    heads = head_options(args)
-    if getattr(args, "init_from", None):
-        path = resolve_checkpoint(args.init_from)
-        model = load_checkpoint(path, backbone=args.backbone)
-        if args.adapter and model.config.adapter.kind != args.adapter:
-            raise SonoInputError(
-                "--adapter",
-                f"{args.adapter!r} differs from the adapter {model.config.adapter.kind!r} of {path}",
-            )
-        log.info("initialised from %s (version %s)", path, model.version)
-        wanted = replace(model.config.heads, **heads)
-        if wanted == model.config.heads:
-            return model
-        # Other heads (e.g. --paper after a contrastive run): fresh heads, the adapter and the
-        # prompt embeddings of the checkpoint.
-        config = replace(model.config, heads=replace(wanted, levels=model.config.heads.levels), version=None)
-        backbone = load_backbone(config.backbone if args.backbone is None else args.backbone)
-        fresh = SonoVLM(config, backbone=backbone, prompt_bank=model.prompt_bank, encode_prompts=False)
-        kept = {k: v for k, v in model.trainable_state_dict().items() if k.startswith(("adapter.", "text."))}
-        fresh.load_trainable_state_dict({**fresh.trainable_state_dict(), **kept})
-        log.info("heads %s replaced by %s (adapter kept)", model.config.heads.to_dict(), heads)
-        return fresh
-    default_adapter = "none" if args.command == "zero-shot" else DEFAULT_ADAPTER
-    config = ModelConfig(
-        adapter=AdapterConfig(kind=args.adapter or default_adapter, **adapter_options(args)),
-        heads=HeadConfig(**heads),
-    )
-    if args.backbone:
-        config.backbone = args.backbone
-    if getattr(args, "prompt_bank", None):
-        config.prompt_bank = args.prompt_bank
-    if getattr(args, "preprocess", None) == "reference":
-        backbone = load_backbone(config.backbone)
-        config.preprocess = reference_preprocess(backbone.image_size)
-        return SonoVLM(config, backbone=backbone)
-    return SonoVLM(config)
+    config = run_config(args)
+    model = build_sonovlm(config)
+    if config.weights is not None:
+        log.info("initialised from %s (version %s)", config.weights, model.version)
+    return model
 
 
 def _loader(

@@ -30,11 +30,10 @@ from torch import nn
 
 from ..errors import SonoInputError
 from ..organs import PATHOLOGIES, organ_label
-from ..vocabulary import DEFAULT_ADAPTER
 from .interaction import Interaction, encode_interaction
 from .precision import Precision, apply_precision, autocast, resolve_precision
 from .preprocess import FrameGeometry, check_frame, from_model_space
-from .sonovlm_model import ModelConfig, SonoVLM, VisionFeatures
+from .sonovlm_model import SonoVLM, VisionFeatures
 
 if TYPE_CHECKING:
     from ..io import UltrasoundImage
@@ -453,23 +452,8 @@ def load_model(
     With ``weights`` the checkpoint's backbone is the default and ``adapter``, when given, must be
     the checkpoint's; without, a fresh model (identity adapter, untrained heads: zero-shot
     classification) on ``backbone`` (default: the hub id, which fails offline unless cached).
+    The one loader behind it is :func:`sonovlm.model.run_config.build_model`.
     """
-    from .adapters import AdapterConfig
-    from .checkpoint import load_checkpoint, read_checkpoint_metadata
+    from .run_config import RunConfig, build_model
 
-    if weights is not None:
-        if adapter is not None:
-            recorded = read_checkpoint_metadata(weights)["config"].get("adapter", {}).get("kind")
-            if recorded != adapter:
-                raise SonoInputError(
-                    "--adapter",
-                    f"{adapter!r} does not match the checkpoint's adapter {recorded!r} ({weights})",
-                )
-        return load_checkpoint(weights, backbone=backbone, device=device)
-    config = ModelConfig(adapter=AdapterConfig(kind=adapter or DEFAULT_ADAPTER))
-    if backbone is not None:
-        config.backbone = backbone
-    model = SonoVLM(config)
-    if device is not None:
-        model.to(device)
-    return model
+    return build_model(RunConfig(backbone=backbone, adapter=adapter, weights=weights, device=device))
