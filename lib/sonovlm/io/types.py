@@ -66,6 +66,10 @@ class UltrasoundImage:
             has one region over the whole image with that spacing (see :mod:`.volume`).
         luma: ``(frames, rows, cols)``, the Y plane as stored when the file held YBR data (so that
             :meth:`grey` returns the stored Y, not a round trip through RGB); ``None`` otherwise.
+
+    The pixels are not changed in place after loading: :meth:`imaging_bbox` estimates the box of
+    an image without regions once (about 100 ms for one 640 x 480 frame) and keeps it while
+    ``frames`` and ``luma`` are the same arrays.
     """
 
     frames: np.ndarray
@@ -76,6 +80,8 @@ class UltrasoundImage:
     frame_time_ms: float | None = None
     regions: list[UltrasoundRegion] = field(default_factory=list)
     luma: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: ``(frames, luma, bbox)`` of the last estimate (see :meth:`imaging_bbox`).
+    _estimated_bbox: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_frames(self) -> int:
@@ -131,12 +137,18 @@ class UltrasoundImage:
         Everything outside it (burned-in text, rulers, patient details) is cut before a model or a
         training set sees the image. Without a region the box is estimated from the pixels by
         :func:`sonovlm.io.imaging_area.estimate_imaging_bbox` (the largest connected non-dark
-        area over all frames).
+        area over all frames), once per pixel arrays (see the class notes).
         """
         region = self.main_region
         if region is not None:
             return region.bbox
-        return estimate_imaging_bbox(self.grey())
+        memo = self._estimated_bbox
+        if memo is not None and memo[0] is self.frames and memo[1] is self.luma:
+            return memo[2]
+        frames, luma_plane = self.frames, self.luma
+        bbox = estimate_imaging_bbox(self.grey())
+        self._estimated_bbox = (frames, luma_plane, bbox)
+        return bbox
 
     def crop_to_imaging_area(self) -> np.ndarray:
         """The frames cut to :meth:`imaging_bbox`: ``(frames, y1 - y0, x1 - x0[, channels])``."""
