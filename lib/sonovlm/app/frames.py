@@ -60,6 +60,10 @@ class ImageCache:
 
     def get(self, path: str | os.PathLike) -> Any:
         """The decoded image at ``path`` (decoding it on a miss); loader errors pass through."""
+        return self.lookup(path)[0]
+
+    def lookup(self, path: str | os.PathLike) -> tuple[Any, bool]:
+        """``(image, decoded)``: the image at ``path`` and whether it was decoded now (a miss)."""
         key = image_key(path)
         if key is not None and self._root is not None and not key[0].startswith(self._root):
             key = None
@@ -69,12 +73,13 @@ class ImageCache:
                 if entry is not None:
                     self._entries.move_to_end(key)
                     self.hits += 1
-                    return entry[0]
+                    return entry[0], False
         image = self._loader(os.fspath(path))
-        self.misses += 1
+        with self._lock:
+            self.misses += 1
         if key is not None:
             self._put(key, image)
-        return image
+        return image, True
 
     def _put(self, key: CacheKey, image: Any) -> None:
         size = int(getattr(getattr(image, "frames", None), "nbytes", 0))

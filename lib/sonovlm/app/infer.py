@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +40,10 @@ from ..organs import ORGAN_LABELS, PATHOLOGIES, organ_label
 from ..vocabulary import parse_bool
 from .compat import InferTaskCompat
 from .config import ORGAN_CHOICES_AUTO, RESULT_EXTENSIONS
+from .frames import image_key
 from .http import input_errors_as_http
 from .labels import resolve_organ
+from .latency import StageClock, clock_of
 from .registry import ModelRegistry
 from .seg_result import RESULT_FORMATS, wants_dicom_seg, write_result_seg
 
@@ -145,13 +149,38 @@ def slicer_mask_spacing(image: Any) -> tuple[float, float] | None:
     Spacing and ignores the Sequence of Ultrasound Regions: a calibrated ultrasound DICOM without
     Pixel Spacing is 1 x 1 mm there (``None`` here). Other files (NRRD, NIfTI) keep their own
     spacing, PNG/JPEG have none. The calibrated ``spacing_mm`` stays in the reply's JSON.
+
+    A DICOM's header is read once per file version (key: path, inode, mtime, size), not per click.
     """
     if getattr(image, "modality", None) is None:  # not DICOM
         return image.spacing_mm
+    key = image_key(image.source)
+    if key is not None:
+        with _SPACING_LOCK:
+            if key in _DICOM_SPACING:
+                _DICOM_SPACING.move_to_end(key)
+                return _DICOM_SPACING[key]
+    spacing = _dicom_pixel_spacing(image.source)
+    if key is not None:
+        with _SPACING_LOCK:
+            _DICOM_SPACING[key] = spacing
+            while len(_DICOM_SPACING) > _SPACING_MEMO_SIZE:
+                _DICOM_SPACING.popitem(last=False)
+    return spacing
+
+
+#: Pixel Spacing of recently served DICOM files, by :func:`~sonovlm.app.frames.image_key`.
+_DICOM_SPACING: OrderedDict[tuple, tuple[float, float] | None] = OrderedDict()
+_SPACING_LOCK = threading.Lock()
+_SPACING_MEMO_SIZE = 256
+
+
+def _dicom_pixel_spacing(path: str) -> tuple[float, float] | None:
+    """The file's Pixel Spacing ``(row_mm, col_mm)``, or None (absent, not positive, unreadable)."""
     import pydicom
 
     try:
-        header = pydicom.dcmread(image.source, stop_before_pixels=True, specific_tags=["PixelSpacing"])
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PixelSpacing"])
     except (OSError, pydicom.errors.InvalidDicomError):
         return None
     spacing = header.get("PixelSpacing")
@@ -209,6 +238,14 @@ def lesion_measurements(image: Any, mask: np.ndarray) -> dict[str, Any] | None:
     return measure_lesion(mask, spacing).to_dict()
 
 
+def record_model_stages(clock: StageClock, result: Any) -> None:
+    """The model's stage times of ``result`` (a SegmentationResult) on ``clock``; the features'
+    cache state from whether the backbone ran."""
+    timings = dict(getattr(result, "timings_ms", None) or {})
+    clock.cache["features"] = "miss" if "encode" in timings else "hit"
+    clock.add_all(timings)
+
+
 def segmentation_config() -> dict[str, Any]:
     """The options ``/info`` lists for a mask-producing task (a fresh dict: MONAI Label keeps it).
 
@@ -251,6 +288,20 @@ class _SonoInferTask(InferTaskCompat, BasicInferTask):
         self.organ_lookup = organ_lookup
         self.results = results
 
+    #: Whether replies carry ``latency_ms`` (:mod:`sonovlm.app.latency`): the tasks whose stages
+    #: cover their work.
+    reports_latency = False
+
+    def __call__(self, request, callbacks=None):
+        """MONAI Label's run of the task, timed: ``latency_ms`` in the reply (see :mod:`.latency`)."""
+        start = time.perf_counter()
+        clock = StageClock()
+        path, result = super().__call__({**request, "sono_clock": clock}, callbacks)
+        if self.reports_latency and isinstance(result, dict) and "sono_clock" not in result:
+            result["latency_ms"] = clock.reply((time.perf_counter() - start) * 1000.0)
+            result["cache"] = dict(clock.cache)
+        return path, result
+
     def is_valid(self) -> bool:
         return True
 
@@ -272,20 +323,24 @@ class _SonoInferTask(InferTaskCompat, BasicInferTask):
 
     def _load_frame(self, data: dict[str, Any]) -> dict[str, Any]:
         """Decode the image (cached), parse the params; SonoInputError becomes HTTP 422."""
+        clock = clock_of(data)
         with input_errors_as_http():
             path = data.get("image")
             if not isinstance(path, str) or not path:
                 raise SonoInputError("image", "no image given (an id, or an uploaded file)")
             try:
-                image = self.registry.images.get(path)
+                with clock.stage("decode"):
+                    image, decoded = self.registry.images.lookup(path)
             except SonoInputError as exc:
                 if data.get("image_id"):
                     raise
                 raise SonoInputError("uploaded file", exc.problem) from exc
-            recorded = self.organ_lookup(data.get("image_id"))
-            data["sono_request"] = parse_request(
-                data, image.n_frames, recorded, with_prompt=self.type == InferType.SEGMENTATION
-            )
+            clock.cache["image"] = "miss" if decoded else "hit"
+            with clock.stage("parse"):
+                recorded = self.organ_lookup(data.get("image_id"))
+                data["sono_request"] = parse_request(
+                    data, image.n_frames, recorded, with_prompt=self.type == InferType.SEGMENTATION
+                )
             data["sono_image"] = image
         return data
 
@@ -312,24 +367,31 @@ class SegmentationTask(_SonoInferTask):
             config={**segmentation_config(), "single_lesion": True},
         )
 
+    reports_latency = True
+
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):
         request: FrameRequest = data["sono_request"]
         image = data["sono_image"]
+        clock = clock_of(data)
         with self.registry.inference() as predictor:
             result = predictor.segment(image, request.organ, prompt=request.prompt, frame=request.frame)
             data["model_version"] = predictor.model_version
             data["model_card"] = predictor.model_card
             data["precision"] = precision_of(predictor)
-        mask = np.asarray(result.mask).astype(np.uint8)
-        if mask.shape != (image.height, image.width):
-            raise RuntimeError(f"model returned a {mask.shape} mask for a {image.height}x{image.width} frame")
-        mask = restrict_to_imaging_area(mask, image.imaging_bbox())
-        label = organ_label(request.organ)
-        data["pred"] = np.where(mask != 0, label, 0).astype(np.uint8)
-        with input_errors_as_http():
-            data["single_lesion"] = wants_single_lesion(data)
-        if data["single_lesion"]:
-            data["pred"] = single_lesion(data["pred"], label)
+        record_model_stages(clock, result)
+        with clock.stage("postprocess"):
+            mask = np.asarray(result.mask).astype(np.uint8)
+            if mask.shape != (image.height, image.width):
+                raise RuntimeError(
+                    f"model returned a {mask.shape} mask for a {image.height}x{image.width} frame"
+                )
+            mask = restrict_to_imaging_area(mask, image.imaging_bbox())
+            label = organ_label(request.organ)
+            data["pred"] = np.where(mask != 0, label, 0).astype(np.uint8)
+            with input_errors_as_http():
+                data["single_lesion"] = wants_single_lesion(data)
+            if data["single_lesion"]:
+                data["pred"] = single_lesion(data["pred"], label)
         data["confidence"] = float(result.confidence)
         return data
 
@@ -337,24 +399,29 @@ class SegmentationTask(_SonoInferTask):
         request: FrameRequest = data["sono_request"]
         image = data["sono_image"]
         mask = data["pred"]
+        clock = clock_of(data)
         from ..io import save_mask
 
-        fd, path = tempfile.mkstemp(prefix="sonovlm-mask-", suffix=request.result_extension)
-        os.close(fd)
-        save_mask(path, mask, spacing_mm=slicer_mask_spacing(image))
         with input_errors_as_http():
-            measurements = lesion_measurements(image, mask) if wants_measurements(data) else None
+            measurements = None
+            if wants_measurements(data):
+                with clock.stage("measure"):
+                    measurements = lesion_measurements(image, mask)
             as_dicom_seg = wants_dicom_seg(data)
-            if as_dicom_seg:
-                os.unlink(path)
-                path = write_result_seg(
-                    data["image"],
-                    mask,
-                    request.organ,
-                    frame=request.frame,
-                    model_version=data["model_version"],
-                    measurements=measurements,
-                )
+            with clock.stage("write"):
+                if as_dicom_seg:
+                    path = write_result_seg(
+                        data["image"],
+                        mask,
+                        request.organ,
+                        frame=request.frame,
+                        model_version=data["model_version"],
+                        measurements=measurements,
+                    )
+                else:
+                    fd, path = tempfile.mkstemp(prefix="sonovlm-mask-", suffix=request.result_extension)
+                    os.close(fd)
+                    save_mask(path, mask, spacing_mm=slicer_mask_spacing(image))
         result = {
             "organ": request.organ,
             "organ_source": request.organ_source,
@@ -375,7 +442,8 @@ class SegmentationTask(_SonoInferTask):
             "result_extension": ".dcm" if as_dicom_seg else request.result_extension,
             "result_format": "dicom_seg" if as_dicom_seg else "mask",
         }
-        self._remember(data, "segmentation", {**result, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        with clock.stage("write"):
+            self._remember(data, "segmentation", {**result, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return path, result
 
 

@@ -49,9 +49,11 @@ from .infer import (
     SegmentationTask,
     parse_request,
     precision_of,
+    record_model_stages,
     restrict_to_imaging_area,
     segmentation_config,
 )
+from .latency import clock_of
 from .registry import ModelRegistry
 
 
@@ -203,7 +205,7 @@ class InteractiveTask(SegmentationTask):
 
     def _load_frame(self, data: dict[str, Any]) -> dict[str, Any]:
         data = super()._load_frame(data)
-        with input_errors_as_http():
+        with input_errors_as_http(), clock_of(data).stage("parse"):
             image = data["sono_image"]
             request = parse_request(data, image.n_frames, self.organ_lookup(data.get("image_id")))
             prompts = parse_interaction(data, image, request.frame)
@@ -215,6 +217,7 @@ class InteractiveTask(SegmentationTask):
         request: FrameRequest = data["sono_request"]
         prompts: InteractionRequest = data["sono_interaction"]
         image = data["sono_image"]
+        clock = clock_of(data)
         with self.registry.inference() as predictor, input_errors_as_http():
             result = predictor.segment_interactive(
                 image, request.organ, prompts.interaction, prompt=request.prompt, frame=request.frame
@@ -223,8 +226,10 @@ class InteractiveTask(SegmentationTask):
             data["model_card"] = predictor.model_card
             data["precision"] = precision_of(predictor)
             data["interaction_trained"] = predictor.model.seg_head.interaction.is_trained
-        mask = restrict_to_imaging_area(np.asarray(result.mask).astype(np.uint8), image.imaging_bbox())
-        data["pred"] = np.where(mask != 0, organ_label(request.organ), 0).astype(np.uint8)
+        record_model_stages(clock, result)
+        with clock.stage("postprocess"):
+            mask = restrict_to_imaging_area(np.asarray(result.mask).astype(np.uint8), image.imaging_bbox())
+            data["pred"] = np.where(mask != 0, organ_label(request.organ), 0).astype(np.uint8)
         data["confidence"] = float(result.confidence)
         return data
 

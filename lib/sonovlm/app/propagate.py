@@ -45,6 +45,7 @@ from .infer import (
 )
 from .interactive import InteractionRequest, InteractiveTask, as_int
 from .jobs import JobBoard
+from .latency import clock_of
 from .registry import ModelRegistry
 
 #: The one result format: a multi-frame labelmap.
@@ -149,12 +150,19 @@ class PropagateTask(InteractiveTask):
             data["model_version"] = predictor.model_version
             data["model_card"] = predictor.model_card
             data["precision"] = precision_of(predictor)
+        clock = clock_of(data)
+        for result in results:  # the frames' model stages, summed
+            clock.add_all(getattr(result, "timings_ms", None) or {})
+        computed = any("encode" in (getattr(r, "timings_ms", None) or {}) for r in results)
+        clock.cache["features"] = "miss" if computed else "hit"
         masks = np.zeros((image.n_frames, image.height, image.width), np.uint8)
         confidence: list[float | None] = [None] * image.n_frames
-        for result in results:
-            mask = restrict_to_imaging_area(np.asarray(result.mask).astype(np.uint8), image.imaging_bbox())
-            masks[result.frame] = np.where(mask != 0, label, 0)
-            confidence[result.frame] = float(result.confidence)
+        bbox = image.imaging_bbox()
+        with clock.stage("postprocess"):
+            for result in results:
+                mask = restrict_to_imaging_area(np.asarray(result.mask).astype(np.uint8), bbox)
+                masks[result.frame] = np.where(mask != 0, label, 0)
+                confidence[result.frame] = float(result.confidence)
         data["pred"] = masks
         data["confidence"] = confidence
         return data
@@ -165,10 +173,12 @@ class PropagateTask(InteractiveTask):
         image = data["sono_image"]
         masks: np.ndarray = data["pred"]
         confidence: list[float | None] = data["confidence"]
-        fd, path = tempfile.mkstemp(prefix="sonovlm-cine-mask-", suffix=PROPAGATE_EXTENSION)
-        os.close(fd)
-        # The cine as one labelmap, frames as slices (see module notes).
-        write_nrrd_slices(path, np.asarray(masks, dtype=np.uint8), slicer_mask_spacing(image))
+        clock = clock_of(data)
+        with clock.stage("write"):
+            fd, path = tempfile.mkstemp(prefix="sonovlm-cine-mask-", suffix=PROPAGATE_EXTENSION)
+            os.close(fd)
+            # The cine as one labelmap, frames as slices (see module notes).
+            write_nrrd_slices(path, np.asarray(masks, dtype=np.uint8), slicer_mask_spacing(image))
         segmented = list(range(frames.first, frames.last + 1))
         result = {
             "organ": request.organ,
@@ -191,5 +201,6 @@ class PropagateTask(InteractiveTask):
             "result_extension": PROPAGATE_EXTENSION,
             "format": "NRRD labelmap (cols, rows, frames), frames as slices; zero outside first..last",
         }
-        self._remember(data, "propagation", {**result, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        with clock.stage("write"):
+            self._remember(data, "propagation", {**result, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return path, result

@@ -69,7 +69,7 @@ class SonoVLMServer(MONAILabelApp):
         self.images = ImageCache(cache_under=local_root)
         self.registry = ModelRegistry(self.app_config, self.store, self.images)
         self.scores = ScoreStore(state_dir / "scores")
-        self.results = ResultLog(state_dir / "results")
+        self.results = ResultLog(state_dir / "results", deferred=True)  # no reply waits for the disk
         self.served = ServedLog()
         self.propagations = JobBoard()
         self.scorer: BackgroundScorer | None = None

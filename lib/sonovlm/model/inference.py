@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +72,10 @@ class SegmentationResult:
         probability: ``(rows, cols)`` float32 lesion probability (0 outside the region).
         confidence: mean lesion probability over the mask's pixels; 0.0 for an empty mask.
         organ, prompt, frame: what was asked (``prompt`` None = the organ's target description).
+        timings_ms: wall time of each stage in ms (``time.perf_counter``): ``preprocess`` (frame
+            to model input) and ``encode`` (backbone) only when the features were not cached,
+            ``prompts`` (prompt maps), ``decode_mask`` (segmentation head and softmax),
+            ``postprocess`` (back to the frame, threshold, confidence). Empty when not measured.
     """
 
     mask: np.ndarray
@@ -79,6 +84,7 @@ class SegmentationResult:
     organ: str
     prompt: str | None
     frame: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,14 +222,20 @@ class Predictor:
 
     def features(self, image: UltrasoundImage, frame: int | None = None) -> FrameFeatures:
         """Adapted vision features of ``frame`` (middle frame when None), computed once and cached."""
+        return self._features(image, frame)[0]
+
+    def _features(self, image: UltrasoundImage, frame: int | None) -> tuple[FrameFeatures, dict[str, float]]:
+        """:meth:`features` and ``{"preprocess": ms, "encode": ms}`` (``{}`` when cached)."""
         frame = check_frame(image, frame)
         with self._lock:
             self._check_version()
             key = self._cache_key(image, frame)
             cached = self._cache.get(key)
             if cached is not None:
-                return cached
+                return cached, {}
+            start = time.perf_counter()
             pixel_values, geometry = self.model.preprocess_frame(image, frame)
+            preprocessed = time.perf_counter()
             with torch.inference_mode(), self._autocast():
                 vision = self.model.encode_image(pixel_values.unsqueeze(0).to(self.device))
             if self.precision.resolved == "bf16":  # cached and returned as float32
@@ -232,7 +244,11 @@ class Predictor:
                 )
             features = FrameFeatures(vision=vision, geometry=geometry, frame=frame)
             self._cache.put(key, features)
-            return features
+            encoded = time.perf_counter()
+            return features, {
+                "preprocess": (preprocessed - start) * 1000.0,
+                "encode": (encoded - preprocessed) * 1000.0,
+            }
 
     def _autocast(self):
         """bf16 autocast on this device for ``bf16``, else a no-op context."""
@@ -301,18 +317,24 @@ class Predictor:
         """
         label = organ_label(organ)
         with self._lock:
-            features = self.features(image, frame)
+            features, timings = self._features(image, frame)
+            start = time.perf_counter()
             maps = None
             if interaction is not None and not interaction.is_empty:
                 maps = encode_interaction(interaction, features.geometry).unsqueeze(0)
+            prompted = time.perf_counter()
             condition = self._condition(organ, prompt)
             with torch.inference_mode(), self._autocast():
                 logits = self.model.segment_logits(features.vision, condition, maps)
                 probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu()
+            decoded = time.perf_counter()
         frame_probability = from_model_space(probability, features.geometry).numpy().astype(np.float32)
         foreground = frame_probability >= MASK_THRESHOLD
         mask = foreground.astype(np.uint8) * np.uint8(label)
         confidence = float(frame_probability[foreground].mean()) if foreground.any() else 0.0
+        timings["prompts"] = (prompted - start) * 1000.0
+        timings["decode_mask"] = (decoded - prompted) * 1000.0
+        timings["postprocess"] = (time.perf_counter() - decoded) * 1000.0
         return SegmentationResult(
             mask=mask,
             probability=frame_probability,
@@ -320,6 +342,7 @@ class Predictor:
             organ=organ,
             prompt=prompt if prompt is not None and str(prompt).strip() else None,
             frame=features.frame,
+            timings_ms=timings,
         )
 
     def propagate(
