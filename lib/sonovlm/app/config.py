@@ -84,6 +84,8 @@ class AppConfig:
         auto_scoring: recompute uncertainty scores and embeddings after each publish.
         scoring_delay_s: debounce before that recomputation starts.
         uncertainty_samples: stochastic forward passes per image for the uncertainty score.
+        scoring_batch: images per backbone forward of a scoring pass (requests are still answered
+            between the backbone's blocks).
         keep_versions: published checkpoints kept on disk (the served one is always kept).
         warmup: run a dummy forward at start so the first request is as fast as later ones.
     """
@@ -102,6 +104,7 @@ class AppConfig:
     auto_scoring: bool = True
     scoring_delay_s: float = 5.0
     uncertainty_samples: int = 8
+    scoring_batch: int = 8
     keep_versions: int = 5
     warmup: bool = True
     extra: dict[str, str] = field(default_factory=dict)
@@ -162,6 +165,7 @@ class AppConfig:
             auto_scoring=_parse_bool("auto_scoring", conf.pop("auto_scoring", "true")),
             scoring_delay_s=_parse_number("scoring_delay_s", conf.pop("scoring_delay_s", 5.0), 0.0, float),
             uncertainty_samples=_parse_number("uncertainty_samples", conf.pop("uncertainty_samples", 8), 2),
+            scoring_batch=_parse_number("scoring_batch", conf.pop("scoring_batch", 8), 1),
             keep_versions=_parse_number("keep_versions", conf.pop("keep_versions", 5), 1),
             warmup=_parse_bool("warmup", conf.pop("warmup", "true")),
             extra=conf,

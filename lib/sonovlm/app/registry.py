@@ -11,7 +11,8 @@ When that load fails the previous model keeps serving, the reason is logged and 
 loader would retry (and fail) on every request instead.
 
 Requests run one forward at a time (:meth:`ModelRegistry.inference`), as MONAI Label's endpoints
-do anyway; the background scorer takes the same lock per image.
+do anyway; the background scorer takes the same lock per batch (:meth:`ModelRegistry.score_batch`)
+and gives it to waiting requests between the backbone's blocks.
 """
 
 from __future__ import annotations
@@ -164,6 +165,23 @@ class ModelRegistry:
         if self._predictor is not predictor or predictor.model_version != version:
             raise ModelLoadError(
                 f"model {self.model_version} was published while the work ran on {version}; run it again"
+            )
+
+    def score_batch(self, items: list[Any], samples: int) -> list[Any]:
+        """Active-learning scores of ``items`` (``Predictor.score_batch`` items) by the served model,
+        as background work: it starts once no request waits and lets requests that come meanwhile
+        run at each pause point of the batch (between backbone blocks, before each image's head
+        passes), so a click waits for one block, not for the batch.
+
+        Returns:
+            One ``ImageScore`` per item, in order.
+
+        Raises:
+            ModelLoadError: another model was served meanwhile (score the batch again).
+        """
+        with self.inference(background=True) as predictor:
+            return predictor.score_batch(
+                items, samples=samples, between_steps=lambda: self.yield_to_requests(predictor)
             )
 
     def on_change(self, callback: Callable[[str], None]) -> None:

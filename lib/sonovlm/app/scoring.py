@@ -8,6 +8,11 @@ not in MONAI Label's index::
 
     VERSION.json   {"model_version", "computed_at", "uncertainty": {image_id: entropy}}
     VERSION.npz    ids (N,), embeddings (N, D) float32
+
+A pass scores ``batch_size`` images at a time (``--conf scoring_batch``, default 8) when the job
+has ``score_batch``: one backbone forward per batch, which lets waiting requests in between its
+blocks (:meth:`sonovlm.model.Predictor.score_batch`), so a click waits for one block, not a batch.
+A batch that fails is scored again image by image, so one unreadable image skips only itself.
 """
 
 from __future__ import annotations
@@ -94,6 +99,11 @@ class ScoreStore:
         )
 
 
+#: One image's result from ``ScoringJob.score_batch``: ``(uncertainty or None, embedding)``, or the
+#: exception that image raised (it is skipped).
+ImageResult = tuple[float | None, np.ndarray] | BaseException
+
+
 @dataclass
 class ScoringJob:
     """What one scoring pass needs from the app (callables keep this module free of the model)."""
@@ -103,6 +113,12 @@ class ScoringJob:
     """``(image_id, labelled)`` pairs."""
     score_image: Callable[[str, bool], tuple[float | None, np.ndarray]]
     """``(image_id, labelled) -> (uncertainty or None, embedding)``; runs the model."""
+    score_batch: Callable[[list[tuple[str, bool]]], list[ImageResult]] | None = None
+    """``[(image_id, labelled), ...] -> [(uncertainty or None, embedding) or the exception that
+    image raised, ...]`` in order; an exception raised for the whole batch retries it with
+    ``score_image``. None = one ``score_image`` call per image."""
+    batch_size: int = 1
+    """Images per ``score_batch`` call (>= 1)."""
 
 
 #: Seconds between two progress lines of a scoring pass in the server log.
@@ -173,31 +189,38 @@ class BackgroundScorer:
         embeddings: dict[str, np.ndarray] = {}
         start = time.monotonic()
         images = list(self.job.images())
+        size = max(1, int(self.job.batch_size)) if self.job.score_batch is not None else 1
         logged = start
-        for done, (image_id, labelled) in enumerate(images):
+        for first in range(0, len(images), size):
             now = time.monotonic()
             with self._cond:
                 self._progress = {
-                    "images_done": done,
+                    "images_done": first,
                     "images_total": len(images),
                     "model_version": version,
                     "elapsed_s": round(now - start, 1),
                 }
             if now - logged >= PROGRESS_LOG_S:
-                logger.info("Scoring for model %s: %d of %d images", version, done, len(images))
+                logger.info("Scoring for model %s: %d of %d images", version, first, len(images))
                 logged = now
             if self.job.model_version() != version:
                 logger.info("Model changed during scoring of %s; starting over", version)
                 self.schedule("model changed during scoring")
                 return
-            try:
-                score, embedding = self.job.score_image(image_id, labelled)
-            except Exception as exc:  # one unreadable image must not stop the others
-                logger.warning("Scoring skipped %s: %s", image_id, exc)
-                continue
-            embeddings[image_id] = embedding
-            if score is not None:
-                uncertainty[image_id] = float(score)
+            batch = images[first : first + size]
+            results = self._score_some(batch, version)
+            if self.job.model_version() != version:  # scored (partly) by another model
+                logger.info("Model changed during scoring of %s; starting over", version)
+                self.schedule("model changed during scoring")
+                return
+            for (image_id, _), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):  # one unreadable image must not stop the others
+                    logger.warning("Scoring skipped %s: %s", image_id, result)
+                    continue
+                score, embedding = result
+                embeddings[image_id] = embedding
+                if score is not None:
+                    uncertainty[image_id] = float(score)
         self.store.write(version, uncertainty, embeddings)
         with self._cond:
             self._progress = {
@@ -213,3 +236,26 @@ class BackgroundScorer:
             version,
             time.monotonic() - start,
         )
+
+    def _score_some(self, batch: list[tuple[str, bool]], version: str) -> list[ImageResult]:
+        """Results of ``batch``, in order: one ``score_batch`` call, else (or when that fails while
+        model ``version`` is still served) image by image."""
+        if self.job.score_batch is not None:
+            try:
+                results = list(self.job.score_batch(batch))
+                if len(results) != len(batch):
+                    raise RuntimeError(f"score_batch gave {len(results)} results for {len(batch)} images")
+                return results
+            except Exception as exc:
+                if len(batch) == 1 or self.job.model_version() != version:
+                    return [exc] * len(batch)
+                logger.warning(
+                    "Scoring a batch of %d failed (%s); scoring its images one by one", len(batch), exc
+                )
+        results: list[ImageResult] = []
+        for image_id, labelled in batch:
+            try:
+                results.append(self.job.score_image(image_id, labelled))
+            except Exception as exc:
+                results.append(exc)
+        return results

@@ -210,6 +210,8 @@ class SonoVLMServer(MONAILabelApp):
                 for i in sorted(datastore.list_images())
             ],
             score_image=self._score_image,
+            score_batch=self._score_batch,
+            batch_size=self.app_config.scoring_batch,
         )
         self.scorer = BackgroundScorer(self.scores, job, delay_s=self.app_config.scoring_delay_s)
         if self.app_config.auto_scoring:
@@ -218,15 +220,37 @@ class SonoVLMServer(MONAILabelApp):
                 self.scorer.schedule("no scores for the served model yet")
 
     def _score_image(self, image_id: str, labelled: bool):
+        result = self._score_batch([(image_id, labelled)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _score_batch(self, pairs: list[tuple[str, bool]]) -> list[Any]:
+        """``(uncertainty or None, embedding)`` (or the exception) per ``(image_id, labelled)``.
+
+        Images are decoded (not through the request image cache: a pass over the folder must not
+        evict what the annotator is working on) and preprocessed before the model is taken; the
+        one backbone forward of the batch lets waiting requests run between its blocks.
+        """
+        from ..io import load_image
+
         datastore = self.datastore()
-        image = self.images.get(datastore.get_image_uri(image_id))
-        organ = self._recorded_organ(image_id) or DEFAULT_ORGAN
-        with self.registry.inference(background=True) as predictor:
-            embedding = predictor.embedding(image)
-            uncertainty = None
-            if not labelled:
-                uncertainty = predictor.uncertainty(image, organ, samples=self.app_config.uncertainty_samples)
-        return uncertainty, embedding
+        predictor = self.registry.predictor
+        results: list[Any] = [None] * len(pairs)
+        prepared: list[tuple[int, Any]] = []
+        for index, (image_id, labelled) in enumerate(pairs):
+            try:
+                image = load_image(datastore.get_image_uri(image_id))
+                organ = self._recorded_organ(image_id) or DEFAULT_ORGAN
+                prepared.append((index, predictor.prepare_scoring([(image, organ, labelled)])[0]))
+            except Exception as exc:  # this image only
+                results[index] = exc
+        if prepared:
+            samples = self.app_config.uncertainty_samples
+            scores = self.registry.score_batch([item for _, item in prepared], samples)
+            for (index, _), score in zip(prepared, scores, strict=True):
+                results[index] = (score.uncertainty, score.embedding)
+        return results
 
     # -- requests ----------------------------------------------------------------------------------
 

@@ -10,18 +10,23 @@ are light).
 ``precision`` (:mod:`.precision`: ``auto``, ``fp32``, ``bf16``, ``int8``) picks bf16 autocast
 around the forwards or int8 dynamic quantisation of the backbone; results stay float32.
 
+:meth:`Predictor.score_batch` scores images for active learning (embedding and MC-dropout
+uncertainty) with one backbone forward per batch, outside the feature cache, and can let other
+callers in between the backbone's blocks (see :data:`PAUSE_POINTS`).
+
 :func:`load_model` builds the model the CLI and the server use from ``--backbone``, ``--adapter``
 and ``--weights``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SonoInputError
+from ..errors import ModelLoadError, SonoInputError
 from ..organs import PATHOLOGIES, organ_label
 from .interaction import Interaction, encode_interaction
 from .precision import Precision, apply_precision, autocast, resolve_precision
@@ -173,6 +178,79 @@ class FeatureCache:
         }
 
 
+#: Where :meth:`Predictor.score_batch` can pause its backbone forward (``between_steps``): before
+#: each vision encoder block but the first and before each block's MLP, so a ViT-B/16 forward has
+#: 23 pause points (and one before each unlabelled image's head passes).
+PAUSE_POINTS = "encoder blocks and their MLPs"
+
+#: The callback the scoring forward of *this thread* runs at each pause point (None elsewhere: a
+#: ContextVar, so the hooks do nothing in any other thread running the same modules).
+_pause_callback: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "sonovlm_pause_callback", default=None
+)
+_PAUSE_HOOKS_ATTRIBUTE = "_sonovlm_pause_hooks"
+_pause_hooks_lock = threading.Lock()
+
+
+def _pause_hook(module: nn.Module, args: tuple) -> None:
+    callback = _pause_callback.get()
+    if callback is not None:
+        callback()
+
+
+def _install_pause_points(model: SonoVLM) -> None:
+    """Forward pre-hooks at the :data:`PAUSE_POINTS` of ``model``'s vision tower, once per model
+    (every Predictor of an in-place publish shares them); inert unless :data:`_pause_callback` is
+    set in the running thread."""
+    with _pause_hooks_lock:
+        if getattr(model, _PAUSE_HOOKS_ATTRIBUTE, False):
+            return
+        for index, layer in enumerate(model.clip.vision_model.encoder.layers):
+            if index > 0:
+                layer.register_forward_pre_hook(_pause_hook)
+            mlp = getattr(layer, "mlp", None)
+            if isinstance(mlp, nn.Module):
+                mlp.register_forward_pre_hook(_pause_hook)
+        setattr(model, _PAUSE_HOOKS_ATTRIBUTE, True)
+
+
+@dataclass
+class ScoringInput:
+    """One frame ready for :meth:`Predictor.score_batch` (:meth:`Predictor.prepare_scoring`).
+
+    Attributes:
+        pixel_values: ``(3, S, S)`` float32 model input.
+        geometry: frame <-> model-space mapping (its region bounds the uncertainty average).
+        frame: 0-based frame index (the middle frame unless asked).
+        organ: what the uncertainty is about (the segmentation head's text condition).
+        labelled: True = only the embedding (an image with a final label needs no uncertainty).
+        preprocess: the preprocessing config used (checked against the model when scored).
+    """
+
+    pixel_values: torch.Tensor
+    geometry: FrameGeometry
+    frame: int
+    organ: str
+    labelled: bool
+    preprocess: Any = None
+
+
+@dataclass
+class ImageScore:
+    """What active learning keeps of one image.
+
+    Attributes:
+        embedding: ``(D,)`` float32 adapted image embedding, L2-normalised (diversity).
+        uncertainty: MC-dropout predictive entropy in nats (as :meth:`Predictor.uncertainty`);
+            None for a labelled image.
+        frame: the frame scored.
+    """
+
+    embedding: np.ndarray
+    uncertainty: float | None
+    frame: int
+
+
 class Predictor:
     """One model in eval mode on a device, with a byte-bounded LRU of per-frame features.
 
@@ -209,6 +287,7 @@ class Predictor:
         self._lock = threading.RLock()
         budget = FEATURE_CACHE_BYTES if feature_cache_bytes is None else feature_cache_bytes
         self._cache = FeatureCache(budget)
+        _install_pause_points(self.model)
 
     # ------------------------------------------------------------------------------ features
     def _cache_key(self, image: UltrasoundImage, frame: int) -> tuple:
@@ -440,28 +519,148 @@ class Predictor:
         features are reused); the binary entropy of the mean lesion probability is averaged over
         the model-space pixels that show the ultrasound region (padding excluded).
         """
-        if samples < 1:
-            raise SonoInputError("samples", f"must be at least 1, got {samples}")
+        _check_samples(samples)
         organ_label(organ)
         with self._lock:
             features = self.features(image, frame)
-            condition = self._condition(organ, None)
-            head = self.model.seg_head
-            dropouts = [m for m in head.modules() if isinstance(m, nn.Dropout)]
-            levels = [level.expand(samples, -1, -1) for level in features.vision.levels]
-            try:
-                for module in dropouts:
-                    module.train()
-                with torch.inference_mode(), self._autocast():
-                    logits = head(levels, condition)
-            finally:
-                for module in dropouts:
-                    module.eval()
+            return self._dropout_entropy(features.vision.levels, features.geometry, organ, samples)
+
+    def _dropout_entropy(
+        self, levels: list[torch.Tensor], geometry: FrameGeometry, organ: str, samples: int
+    ) -> float:
+        """MC-dropout entropy (nats) of one frame from its ``(1, T, W)`` float32 levels; the caller
+        holds ``self._lock``, so no other caller of this predictor sees the head's dropout active.
+
+        The dropout masks come from torch's global generator: the same generator state gives the
+        same masks (and result) whichever method calls this.
+        """
+        condition = self._condition(organ, None)
+        head = self.model.seg_head
+        dropouts = [m for m in head.modules() if isinstance(m, nn.Dropout)]
+        expanded = [level.expand(samples, -1, -1) for level in levels]
+        try:
+            for module in dropouts:
+                module.train()
+            with torch.inference_mode(), self._autocast():
+                logits = head(expanded, condition)
+        finally:
+            for module in dropouts:
+                module.eval()
         probability = torch.softmax(logits.float(), dim=1)[:, 1].mean(dim=0).cpu().double()
         p = probability.clamp(1e-12, 1 - 1e-12)
         entropy = -(p * p.log() + (1 - p) * (1 - p).log())
-        region = features.geometry.region_in_model_space()
+        region = geometry.region_in_model_space()
         return float(entropy[region].mean())
+
+    # ----------------------------------------------------------------------- active learning
+    def prepare_scoring(
+        self, items: Sequence[tuple[UltrasoundImage, str, bool]], frame: int | None = None
+    ) -> list[ScoringInput]:
+        """Preprocess ``(image, organ, labelled)`` items for :meth:`score_batch` (no lock, no model
+        forward: a helper thread may prepare the next batch while one is scored).
+
+        Raises:
+            SonoInputError: an unknown organ or a frame out of range, naming the item.
+        """
+        config = self.model.preprocess_config
+        prepared = []
+        for index, (image, organ, labelled) in enumerate(items):
+            try:
+                organ_label(organ)
+                chosen = check_frame(image, frame)
+            except SonoInputError as exc:
+                source = getattr(image, "source", None)
+                raise SonoInputError(f"scoring item {index} ({source})", exc.problem) from exc
+            pixel_values, geometry = self.model.preprocess_frame(image, chosen)
+            prepared.append(
+                ScoringInput(pixel_values, geometry, chosen, organ, bool(labelled), preprocess=config)
+            )
+        return prepared
+
+    def score_batch(
+        self,
+        items: Sequence[tuple[UltrasoundImage, str, bool] | ScoringInput],
+        samples: int = 8,
+        between_steps: Callable[[], None] | None = None,
+    ) -> list[ImageScore]:
+        """Embedding and (unlabelled items) MC-dropout uncertainty of a batch of frames.
+
+        The backbone runs once on the whole batch, under the predictor's precision; the head's
+        ``samples`` dropout passes run image by image, in order, exactly as :meth:`uncertainty`
+        does (with the same generator state the results are equal up to float rounding of the
+        batched backbone). Nothing enters the feature cache: scoring a folder does not evict the
+        features of the image being annotated.
+
+        Args:
+            items: ``(image, organ, labelled)`` tuples (the middle frame is scored) or
+                :meth:`prepare_scoring` results.
+            samples: dropout passes per unlabelled image (>= 1).
+            between_steps: called at each pause point of the backbone forward (:data:`PAUSE_POINTS`)
+                and before each image's head passes, with the predictor lock released: a server
+                lets waiting requests run there (``ModelRegistry.yield_to_requests``). The head's
+                dropout is never active across a call. With it, the caller must not hold the
+                predictor lock.
+
+        Returns:
+            One :class:`ImageScore` per item, in order.
+
+        Raises:
+            SonoInputError: bad organ or frame (naming the item), ``samples`` < 1.
+            ModelLoadError: other weights were loaded into the model during a pause.
+        """
+        _check_samples(samples)
+        if not items:
+            return []
+        prepared = [item for item in items if isinstance(item, ScoringInput)]
+        if len(prepared) != len(items):
+            if prepared:
+                raise SonoInputError("items", "mix of ScoringInput and (image, organ, labelled) items")
+            prepared = self.prepare_scoring(items)  # type: ignore[arg-type]
+        if between_steps is not None and self._lock._is_owned():
+            raise RuntimeError("score_batch with between_steps needs the predictor lock free")
+        with self._lock:
+            self._check_version()
+            version, config_version = self.model_version, self.model.config.version
+            config = self.model.preprocess_config
+            for index, item in enumerate(prepared):
+                if item.preprocess is not None and item.preprocess != config:
+                    raise ModelLoadError(
+                        f"scoring item {index} was preprocessed for another model; prepare it again"
+                    )
+
+            def pause() -> None:
+                self._lock.release()
+                try:
+                    between_steps()  # type: ignore[misc]
+                finally:
+                    self._lock.acquire()
+                if self.model.config.version != config_version or self.model_version != version:
+                    raise ModelLoadError(f"the model changed from {version} while scoring; score again")
+
+            pixel_values = torch.stack([item.pixel_values for item in prepared]).to(self.device)
+            token = _pause_callback.set(pause if between_steps is not None else None)
+            try:
+                with torch.inference_mode(), self._autocast():
+                    vision = self.model.encode_image(pixel_values)
+            finally:
+                _pause_callback.reset(token)
+            levels = [level.float() for level in vision.levels]
+            embeddings = vision.embedding.detach().float().cpu().numpy()
+            scores = []
+            for index, item in enumerate(prepared):
+                uncertainty = None
+                if not item.labelled:
+                    if between_steps is not None:
+                        pause()
+                    one = [level[index : index + 1] for level in levels]
+                    uncertainty = self._dropout_entropy(one, item.geometry, item.organ, samples)
+                scores.append(ImageScore(embeddings[index].copy(), uncertainty, item.frame))
+        return scores
+
+
+def _check_samples(samples: int) -> None:
+    if samples < 1:
+        raise SonoInputError("samples", f"must be at least 1, got {samples}")
 
 
 def load_model(
