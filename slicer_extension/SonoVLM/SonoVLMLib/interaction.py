@@ -185,3 +185,106 @@ def review_order(result: dict[str, Any]) -> list[FrameConfidence]:
             f"the reply's review_first {server_order!r} does not list the frames it gave a confidence for"
         )
     return ordered
+
+
+# -------------------------------------------------------------------- the tools' markups
+
+#: Interaction tools: the name of the markups node each places its points in, and the points'
+#: colour (RGB, 0-1).
+PROMPT_TOOLS: dict[str, tuple[str, tuple[float, float, float]]] = {
+    "positive": ("SonoVLM positive points", (0.2, 0.9, 0.3)),
+    "negative": ("SonoVLM negative points", (0.95, 0.25, 0.2)),
+    "box": ("SonoVLM box corners", (1.0, 0.8, 0.1)),
+}
+
+#: Singleton tag of the interaction and selection nodes Slicer's application logic adds to the
+#: scene (the nodes ``slicer.app.applicationLogic().GetInteractionNode()`` and
+#: ``GetSelectionNode()`` return).
+APPLICATION_SINGLETON_TAG = "Singleton"
+
+
+class PromptMarkups:
+    """The markups fiducial nodes the interaction tools place their clicks in, and Slicer's place
+    mode for them: the scene work of the panel's positive, negative and box tools.
+
+    One node per tool of :data:`PROMPT_TOOLS`, made on first use (and again after the user
+    deleted it). Positions are RAS millimetres in the scene; the session's
+    :class:`Prompts` hold ``[i, j, k]`` voxel indices of the case's frame.
+
+    Args:
+        scene: the ``vtkMRMLScene`` (Slicer's application logic has added its interaction and
+            selection singletons to it, as in the application).
+    """
+
+    def __init__(self, scene: Any) -> None:
+        self.scene = scene
+        self.nodes: dict[str, Any] = {}
+
+    def node(self, tool: str) -> Any:
+        """The ``vtkMRMLMarkupsFiducialNode`` of ``tool`` (``positive``, ``negative``, ``box``),
+        named and coloured per :data:`PROMPT_TOOLS`, point labels hidden; made when missing."""
+        if tool not in PROMPT_TOOLS:
+            raise ValueError(f"unknown interaction tool {tool!r} (known: {', '.join(PROMPT_TOOLS)})")
+        node = self.nodes.get(tool)
+        if node is None or self.scene.GetNodeByID(node.GetID()) is None:
+            name, colour = PROMPT_TOOLS[tool]
+            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*colour)
+            node.GetDisplayNode().SetPointLabelsVisibility(False)
+            self.nodes[tool] = node
+        return node
+
+    def tool_of(self, node: Any) -> str | None:
+        """The tool whose node ``node`` is, ``None`` for any other node."""
+        return next((tool for tool, tool_node in self.nodes.items() if tool_node is node), None)
+
+    def placed(self, node: Any) -> tuple[str | None, list[tuple[float, float, float]]]:
+        """``(tool, points)``: the tool of ``node`` and its defined points, RAS in mm, in
+        placement order; ``(None, [])`` for a node that is no tool's."""
+        tool = self.tool_of(node)
+        return tool, (control_points_ras(node) if tool is not None else [])
+
+    def show(self, volume: Any, prompts: Prompts) -> None:
+        """Replace the tools' points with ``prompts``: its foreground and background ``[i, j, k]``
+        voxel clicks (i = column, j = row; k is ignored: the points lie on the slice of
+        ``volume``, a one-slice volume showing the frame) placed at their RAS positions (mm)
+        through ``volume``'s IJK-to-RAS; the box corners are cleared."""
+        from .geometry import pixel_points_to_ras, volume_ijk_to_ras
+
+        ijk_to_ras = volume_ijk_to_ras(volume)
+        for tool, points in (("positive", prompts.foreground), ("negative", prompts.background), ("box", [])):
+            node = self.node(tool)
+            node.RemoveAllControlPoints()
+            if points:
+                for ras in pixel_points_to_ras(ijk_to_ras, [(i, j) for i, j, _ in points]):
+                    node.AddControlPoint(*ras)
+
+    def start_placing(self, tool: str) -> Any:
+        """Put Slicer in persistent place mode with ``tool``'s node as the active place node (each
+        click in a view adds a point to it); returns the node."""
+        node = self.node(tool)
+        selection = self._application_node("vtkMRMLSelectionNode")
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selection.SetActivePlaceNodeID(node.GetID())
+        interaction = self._application_node("vtkMRMLInteractionNode")
+        interaction.SetPlaceModePersistence(1)
+        interaction.SetCurrentInteractionMode(interaction.Place)
+        return node
+
+    def stop_placing(self) -> None:
+        """Back to Slicer's view-transform mode (clicks in the views place nothing)."""
+        self._application_node("vtkMRMLInteractionNode").SwitchToViewTransformMode()
+
+    def forget(self) -> None:
+        """Drop the nodes (the scene was closed: node ids start again)."""
+        self.nodes = {}
+
+    def _application_node(self, class_name: str) -> Any:
+        node = self.scene.GetSingletonNode(APPLICATION_SINGLETON_TAG, class_name)
+        if node is None:
+            raise RuntimeError(
+                f"the scene has no {class_name} singleton (Slicer's application logic adds it): "
+                "cannot place points"
+            )
+        return node

@@ -628,6 +628,24 @@ class LiveLogic:
             table.SetColor(value, segment_name(organ), *ORGAN_COLOURS[organ], 1.0)
         return table
 
+    @staticmethod
+    def view_layers(monitor: LiveMonitor) -> dict[str, Any] | None:
+        """How the slice views show a running stream: the keyword arguments of
+        ``slicer.util.setSliceViewerLayers`` (background = the incoming image, fitted, the views
+        turned into the frame's plane as it is now; the label as the label layer when it is a
+        ``vtkMRMLLabelMapVolumeNode``, else blended over the image as the foreground at 0.4
+        opacity: OpenIGTLinkIF made a grey scalar volume of it). ``None`` while the monitor is
+        stopped or the image or the label (with pixels) has not arrived."""
+        image, label = monitor.image_node, monitor.label_node
+        if image is None or label is None or label.GetImageData() is None or not monitor.running:
+            return None
+        layers: dict[str, Any] = {"background": image, "fit": True, "rotateToVolumePlane": True}
+        if label.IsA("vtkMRMLLabelMapVolumeNode"):
+            layers.update(foreground=None, label=label)
+        else:
+            layers.update(foreground=label, foregroundOpacity=0.4, label=None)
+        return layers
+
     def freeze(
         self,
         image_node: Any,

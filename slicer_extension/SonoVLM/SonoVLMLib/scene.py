@@ -43,6 +43,8 @@ OWNED_ATTRIBUTE = "SonoVLM.owned"  # made by the extension (removed with its cas
 UPLOAD_ID_ATTRIBUTE = "SonoVLM.uploadId"  # the image id a user's volume was (or will be) uploaded as
 #: Attribute Slicer's DICOM plugins put on what they load: the SOP Instance UID(s), space separated.
 DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+#: Singleton tag of the Segment Editor module's parameter node (qSlicerSegmentEditorModuleWidget).
+SEGMENT_EDITOR_SINGLETON_TAG = "SegmentEditor"
 
 #: Events a segmentation node invokes when its contours change. Segment Editor strokes (paint,
 #: erase, scissors...) and ``SetBinaryLabelmapToSegment`` invoke ``SourceRepresentationModified``
@@ -621,6 +623,25 @@ class UltrasoundSceneLogic:
             ):
                 return node
         return None
+
+    # ---------------------------------------------------------------- editor
+
+    def segment_editor_node(self) -> Any:
+        """The Segment Editor module's own parameter node (the ``vtkMRMLSegmentEditorNode`` with
+        singleton tag :data:`SEGMENT_EDITOR_SINGLETON_TAG`), added to the scene when missing, so
+        that the panel's embedded editor and the Segment Editor module show the same state."""
+        node = self.scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON_TAG, "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = self.scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            if node is None:
+                raise RuntimeError(
+                    "the scene cannot make a vtkMRMLSegmentEditorNode (Slicer's Segmentations "
+                    "module logic registers it)"
+                )
+            node.UnRegister(None)
+            node.SetSingletonTag(SEGMENT_EDITOR_SINGLETON_TAG)
+            node = self.scene.AddNode(node)
+        return node
 
     # ---------------------------------------------------------------- helpers
 

@@ -518,6 +518,28 @@ class AnnotationSession:
         self.scene_logic.show_axes(case, measurement, self.scene_logic.segment_organ(case, segment_id))
         return measurement
 
+    def measure_shown(self, case: UltrasoundCase, segment_id: str | None = None) -> LesionMeasurement | None:
+        """Measure what the panel shows and move the axis lines (after an edit, undo or a frame
+        change): ``segment_id`` (the editor's current segment) when the case's segmentation has
+        it, else the segment of the organ last segmented in ``case`` (on the frame shown, for a
+        cine). With neither, the axis lines are removed and the result is ``None``.
+
+        Returns:
+            the measurements (mm when calibrated, else pixels), ``None`` for no segment or an
+            empty one.
+
+        Raises:
+            ValueError, RuntimeError: Slicer could not export the segment to measure it.
+        """
+        segmentation = case.segmentation.GetSegmentation()
+        if not segment_id or segmentation.GetSegment(segment_id) is None:
+            organ = self.case_organ(case)
+            segment_id = self.scene_logic.find_segment(case, organ) if organ else None
+        if segment_id is None:
+            self.scene_logic.remove_axes(case)
+            return None
+        return self.update_measurements(case, segment_id)
+
     # ---------------------------------------------------------------- labels
 
     def submit(self, case: UltrasoundCase, segment_id: str, pathology: str | None) -> dict[str, Any]:
