@@ -14,15 +14,24 @@ Two parts, from one run on one machine:
 
    Targets: decoder p50 <= 25 ms; first click <= 1.5 x bare.
 
-   ``http`` (skip with ``--skip-http``): a real server (``python -m monailabel.main
-   start_server`` on 127.0.0.1, same backbone, ``--conf threads`` the same, scoring off) on a
-   studies folder of 640 x 480 JPEG 2000 US DICOMs; ``POST /infer/interactive`` with the stock
-   Slicer plugin's params (``foreground``/``background`` ``[i, j, k]``, ``slice``, ``label``; NRRD
-   mask). ``first click``: the first click on an image the server has not seen (decode, backbone);
-   ``later clicks``: ``--clicks`` more clicks on it (decoded frame and features cached), request
-   sent to mask and JSON received, p50 and p95, with MONAI Label's own stage times (pre, inferer,
-   write) from the server log. Target: later clicks p50 <= 80 ms. The 1-minute load average is
-   recorded before and after (other work on the machine slows every figure).
+   ``http`` (skip with ``--skip-http``): the path a stock MONAI Label Slicer plugin user takes,
+   once per adapter of ``--adapters`` (LoRA and Mona), each on its own server
+   (:func:`sonovlm.server_launcher.start_server` of ``monailabel_app``, ``--conf backbone`` the
+   same, ``adapter``, ``threads``; everything else as a user leaves it, scoring included: the
+   clicks start once its start-up pass is idle) on sample studies plus one 640 x 480 JPEG 2000
+   lymph-node US DICOM without a Sequence of Ultrasound Regions (as many real files), clicked by
+   its datastore id. Each click is :meth:`monailabel.client.MONAILabelClient.infer`: ``params`` as
+   the multipart form field with one foreground click in the lesion and one background click
+   beside it, no organ (``auto``), measurements as the server does them by default, a ``.nrrd``
+   mask parsed from the multipart reply and saved. ``first click``: the first on that image (the
+   server warmed up on another: decode, imaging-area estimate, backbone); ``later clicks``:
+   ``--clicks`` more, p50 and p95 of request sent to mask saved, with the medians of the per-stage
+   ``latency_ms`` the server replies (decode, parse, preprocess, encode, prompts, decode_mask,
+   postprocess, measure, write, other, total; ``outside_task``: the round trip minus ``total``:
+   HTTP, form parsing, multipart reply). Interleaved with each later click: the same click as
+   SonoVLM's extension sends it (organ named, ``"measure": false``; it measures the segment
+   itself). Target: later clicks p50 <= 80 ms. The 1-minute load average is recorded before and
+   after (other work on the machine slows every figure).
 
 2. **Clicks-to-Dice** on simulated sample studies with the ``tiny`` backbone (64 px): the head is
    first trained ``--train-steps`` steps with simulated interactions
@@ -131,96 +140,190 @@ def latency(clicks: int = 30, first_repeats: int = 5, bare_repeats: int = 5) -> 
     return result
 
 
-def _post_interactive(url: str, image_id: str, params: dict) -> tuple[float, dict]:
-    """One ``POST /infer/interactive`` (multipart, as the stock plugin); ``(seconds, reply JSON)``."""
-    from .bench_server import post_infer
+#: Stages of a reply's ``latency_ms`` (:mod:`sonovlm.app.latency`), in order.
+STAGES = (
+    "decode",
+    "parse",
+    "preprocess",
+    "encode",
+    "prompts",
+    "decode_mask",
+    "postprocess",
+    "measure",
+    "write",
+    "other",
+    "total",
+)
+#: The datastore image the clicks go to (sorts after ``sample_*``: not the warm-up image).
+CLICK_IMAGE = "us_lymph_node_j2k"
 
-    seconds, payload, content_type = post_infer(url, "interactive", image_id, params)
-    if "boundary=" not in content_type:  # JSON only
-        return seconds, json.loads(payload)
-    # Multipart: the "params" part (JSON) first, then the mask file.
-    reply_boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
-    for part in payload.split(b"--" + reply_boundary):
-        head, _, content = part.partition(b"\r\n\r\n")
-        if b'name="params"' in head:
-            return seconds, json.loads(content.rstrip(b"\r\n"))
-    raise RuntimeError("interactive infer reply has no params part")
+
+def stock_plugin_dicom(path, seed: int = 0, regions: bool = False) -> tuple[int, int, int, int]:
+    """A simulated 640 x 480 lymph-node B-mode frame as a JPEG 2000 (lossless) US DICOM, by
+    default without a Sequence of Ultrasound Regions (as many real files: the imaging area is then
+    estimated from the pixels); returns the lesion box ``(x0, y0, x1, y1)``."""
+    import io
+
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+    from sonovlm.sample_data.dicom import DicomIdentity, ultrasound_dataset
+    from sonovlm.sample_data.simulate import simulate_case
+
+    image, _, meta = simulate_case(np.random.default_rng(seed), "lymph_node", shape=(480, 640))
+    ds = ultrasound_dataset(image, meta, DicomIdentity.derive("BENCH", ["click", str(seed)]), "benchmark")
+    if not regions:
+        del ds.SequenceOfUltrasoundRegions
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG2000", no_jp2=True, irreversible=False)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(str(path), write_like_original=False)
+    assert pydicom.dcmread(str(path), stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEG2000Lossless
+    return tuple(int(v) for v in meta.lesion_bbox)
 
 
-def http_round_trip(clicks: int = 30, threads: int = 2, backbone: str = "vit-b16") -> dict:
-    """The ``http`` part (see the module notes); milliseconds."""
+def _stock_click(client, image_id: str, params: dict) -> tuple[float, dict]:
+    """One click exactly as the stock MONAI Label Slicer plugin sends it:
+    :meth:`monailabel.client.MONAILabelClient.infer` (``params`` as the multipart form field, the
+    multipart reply parsed and the mask saved); ``(ms to the saved mask, reply params)``."""
+    start = time.perf_counter()
+    mask_path, reply = client.infer("interactive", image_id, params)
+    seconds = time.perf_counter() - start
+    if not mask_path or not str(mask_path).endswith(".nrrd"):
+        raise RuntimeError(f"the server sent no .nrrd mask: {mask_path!r} {reply}")
+    return seconds * 1000.0, reply
+
+
+def _stage_medians(replies: list[dict], times_ms: list[float]) -> dict:
+    latencies = [r["latency_ms"] for r in replies]
+    stages = {stage: round(statistics.median(lat[stage] for lat in latencies), 2) for stage in STAGES}
+    outside = [t - lat["total"] for t, lat in zip(times_ms, latencies, strict=True)]
+    return {**stages, "outside_task": round(statistics.median(outside), 2)}
+
+
+def _wait_for_scoring(url: str, timeout: float = 600.0) -> None:
+    """Until the server's start-up active-learning scoring is idle (a user starts clicking then)."""
+    from .bench_server import _get_json
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        state = _get_json(f"{url}/info/").get("sonovlm", {}).get("scoring", {}).get("state")
+        if state in (None, "idle", "off"):
+            return
+        time.sleep(1.0)
+
+
+def stock_plugin_round_trip(
+    adapter: str, clicks: int = 30, threads: int = 2, backbone: str = "vit-b16"
+) -> dict:
+    """The ``http`` part for one adapter (see the module notes); milliseconds."""
     import os
     import shutil
     import tempfile
     from pathlib import Path
 
-    from .bench_server import jpeg2000_dicom, server_latencies, start_server
+    from monailabel.client import MONAILabelClient
+    from sonovlm.sample_data import write_sample_studies
+    from sonovlm.server_launcher import start_server
+
+    from .bench_server import APP_DIR, post_infer
 
     work = Path(tempfile.mkdtemp(prefix="sonovlm-bench-interactive-"))
     studies = work / "studies"
-    studies.mkdir()
-    jpeg2000_dicom(studies / "image_000.dcm")  # the server warms up on the first image
-    shutil.copy2(studies / "image_000.dcm", studies / "image_001.dcm")
+    write_sample_studies(studies, count=4, seed=0)
+    x0, y0, x1, y1 = stock_plugin_dicom(studies / f"{CLICK_IMAGE}.dcm")
+    with open(studies / "cases.csv", "a", encoding="utf-8") as cases:
+        cases.write(f"{CLICK_IMAGE},lymph_node,benign,false\n")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    server = start_server(studies, work, backbone, threads, "cpu")
-    url = server.url
+    # What a user starts: backbone and adapter (and the thread count); scoring as configured by default.
+    conf = {"backbone": backbone, "adapter": adapter, "threads": threads}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    server = start_server(APP_DIR, studies, conf, env, work_dir=work, timeout=900.0)
     start_s = time.perf_counter() - started
     try:
-        from sonovlm.sample_data import simulate_case
-
-        _, _, meta = simulate_case(np.random.default_rng(0), "breast_lesion", shape=(480, 640))
-        x0, y0, x1, y1 = meta.lesion_bbox
+        _wait_for_scoring(server.url)
+        client = MONAILabelClient(server.url, tmpdir=str(work / "client"))
         rng = np.random.default_rng(0)
-        points = [[int(rng.integers(x0, x1)), int(rng.integers(y0, y1)), 0] for _ in range(clicks + 1)]
-        base = {"slice": 0, "label": "lesion", "organ": "breast_lesion", "result_extension": ".nrrd"}
-        first_s, first_reply = _post_interactive(url, "image_001", {**base, "foreground": points[:1]})
-        # Later clicks twice: as SonoVLM's Slicer extension sends them (it measures the segment
-        # itself: "measure": false), then as the stock plugin does (the server measures too).
-        later_by_mode: dict[bool, list[float]] = {False: [], True: []}
-        for measure in (False, True):
-            for index in range(1, clicks + 1):
-                background = [[x0 - 3, y0 - 3, 0]] if index % 2 else []
-                params = {**base, "foreground": points[: index + 1], "background": background}
-                seconds, reply = _post_interactive(url, "image_001", {**params, "measure": measure})
-                if len(reply["interaction"]["foreground"]) != index + 1:
-                    raise RuntimeError(f"the server did not take the clicks: {reply['interaction']}")
-                later_by_mode[measure].append(seconds * 1000)
+        inside = [(int(rng.integers(x0, x1)), int(rng.integers(y0, y1))) for _ in range(clicks + 1)]
+        # One foreground click inside the lesion and one background click beside it, every click.
+        background = [[max(x0 - 12, 0), max(y0 - 12, 0), 0]]
+
+        def params(index: int) -> dict:
+            x, y = inside[index]
+            return {"foreground": [[x, y, 0]], "background": background, "result_extension": ".nrrd"}
+
+        first_ms, first = _stock_click(client, CLICK_IMAGE, params(0))
+        # Later clicks, interleaved with the extension's form of the same click (urllib, organ
+        # named, "measure": false: it measures the segment itself), so load hits both alike.
+        stock_ms, stock, extension_ms, extension = [], [], [], []
+        for index in range(1, clicks + 1):
+            ms, reply = _stock_click(client, CLICK_IMAGE, params(index))
+            if reply["interaction"]["background"] != [background[0][:2]]:
+                raise RuntimeError(f"the server did not take the background click: {reply['interaction']}")
+            stock_ms.append(ms)
+            stock.append(reply)
+            seconds, payload, content_type = post_infer(
+                server.url,
+                "interactive",
+                CLICK_IMAGE,
+                {**params(index), "organ": "lymph_node", "label": "lesion", "slice": 0, "measure": False},
+            )
+            extension_ms.append(seconds * 1000.0)
+            extension.append(_reply_params(payload, content_type))
     finally:
         server.stop()
-    all_stages = server_latencies(work / "server.log")
-    stages, stages_measured = all_stages[-2 * clicks : -clicks], all_stages[-clicks:]
-    later, later_measured = later_by_mode[False], later_by_mode[True]
     load_after = os.getloadavg()[0]
     shutil.rmtree(work, ignore_errors=True)
-    p50 = statistics.median(later)
+    p50 = statistics.median(stock_ms)
     return {
         "backbone": backbone,
+        "adapter": adapter,
         "threads": threads,
-        "image": "640x480 JPEG 2000 lossless US DICOM",
+        "image": "640x480 JPEG 2000 lossless lymph-node US DICOM, no ultrasound regions, in the datastore",
         "server_start_s": round(start_s, 1),
-        "first_click_ms": round(first_s * 1000, 1),
+        "first_click_ms": round(first_ms, 1),
+        "first_click_cache": first.get("cache"),
+        "first_click_stages_ms": first.get("latency_ms"),
         "later_click_p50_ms": round(p50, 1),
-        "later_click_p95_ms": round(float(np.percentile(later, 95)), 1),
+        "later_click_p95_ms": round(float(np.percentile(stock_ms, 95)), 1),
+        "later_click_stage_p50_ms": _stage_medians(stock, stock_ms),
+        "later_click_cache": stock[-1].get("cache"),
+        "extension_later_click_p50_ms": round(statistics.median(extension_ms), 1),
+        "extension_later_click_stage_p50_ms": _stage_medians(extension, extension_ms),
         "later_clicks": clicks,
-        "server_stage_p50_ms": {
-            stage: round(statistics.median(s[stage] for s in stages) * 1000, 1)
-            for stage in ("total", "pre", "inferer", "write")
-        }
-        if stages
-        else None,
-        "measured_later_click_p50_ms": round(statistics.median(later_measured), 1),
-        "measured_server_stage_p50_ms": {
-            stage: round(statistics.median(s[stage] for s in stages_measured) * 1000, 1)
-            for stage in ("total", "pre", "inferer", "write")
-        }
-        if stages_measured
-        else None,
-        "interaction_trained": first_reply["interaction"]["interaction_trained"],
+        "lesion_pixels_last": stock[-1]["lesion_pixels"],
+        "interaction_trained": first["interaction"]["interaction_trained"],
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "cpu_count": os.cpu_count(),
         "meets_target": p50 <= HTTP_LATER_CLICK_TARGET_MS,
     }
+
+
+def _reply_params(payload: bytes, content_type: str) -> dict:
+    """The ``params`` JSON of a multipart infer reply (or the JSON reply itself)."""
+    if "boundary=" not in content_type:
+        return json.loads(payload)
+    boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
+    for part in payload.split(b"--" + boundary):
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b'name="params"' in head:
+            return json.loads(content.rstrip(b"\r\n"))
+    raise RuntimeError("interactive infer reply has no params part")
+
+
+def http_round_trip(
+    clicks: int = 30,
+    threads: int = 2,
+    backbone: str = "vit-b16",
+    adapters: tuple[str, ...] = ("lora", "mona"),
+) -> dict:
+    """The ``http`` part: :func:`stock_plugin_round_trip` for each adapter, one server each."""
+    return {adapter: stock_plugin_round_trip(adapter, clicks, threads, backbone) for adapter in adapters}
 
 
 def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
@@ -316,6 +419,10 @@ def clicks_to_dice(
     }
 
 
+def _stages_line(stages: dict) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in stages.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_interactive", description=__doc__.split("\n")[0]
@@ -329,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-dice", action="store_true")
     parser.add_argument("--skip-http", action="store_true", help="no server round trips")
+    parser.add_argument(
+        "--adapters", default="lora,mona", help="comma list: one stock-plugin server run each (lora,mona)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -336,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_latency:
         report["latency"] = latency(args.clicks, args.first_repeats)
     if not args.skip_http:
-        report["http"] = http_round_trip(args.clicks, args.threads)
+        adapters = tuple(a.strip() for a in args.adapters.split(",") if a.strip())
+        report["http"] = http_round_trip(args.clicks, args.threads, adapters=adapters)
     if not args.skip_dice:
         report["clicks_to_dice"] = clicks_to_dice(args.train_cases, args.eval_cases, args.train_steps)
     if args.json:
@@ -352,20 +463,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"later click p50 (cached) {lat['later_click_p50_ms']:8.1f} ms  over {lat['clicks']} clicks")
         print(f"decoder alone p50        {lat['decoder_p50_ms']:8.1f} ms  (target <= {DECODER_TARGET_MS:g})")
-    if "http" in report:
-        http = report["http"]
-        print(f"HTTP first click         {http['first_click_ms']:8.1f} ms  (new image: decode and features)")
+    for adapter, http in report.get("http", {}).items():
         print(
-            f"HTTP later click p50     {http['later_click_p50_ms']:8.1f} ms  "
+            f"HTTP, stock plugin, {adapter}: first click {http['first_click_ms']:.1f} ms "
+            f"(cache {http['first_click_cache']}); later click p50 {http['later_click_p50_ms']:.1f} ms "
             f"p95 {http['later_click_p95_ms']:.1f} ms over {http['later_clicks']} clicks "
             f"(target <= {HTTP_LATER_CLICK_TARGET_MS:g})"
         )
-        print(f"  server stages p50 (ms) {http['server_stage_p50_ms']}  (measure=false, as the extension)")
+        print(f"  stage p50 (ms)           {_stages_line(http['later_click_stage_p50_ms'])}")
+        print(f"  first click stages (ms)  {_stages_line(http['first_click_stages_ms'] or {})}")
         print(
-            f"HTTP later click p50, server measuring too (stock plugin) "
-            f"{http['measured_later_click_p50_ms']:.1f} ms; stages {http['measured_server_stage_p50_ms']}"
+            f"  same clicks as the extension sends them (measure false): p50 "
+            f"{http['extension_later_click_p50_ms']:.1f} ms; stages "
+            f"{_stages_line(http['extension_later_click_stage_p50_ms'])}"
         )
-        print(f"  load average (1 min) before/after {http['load_average_1min']}, {http['cpu_count']} cores")
+        print(
+            f"  {http['image']}; server start {http['server_start_s']} s; load average (1 min) "
+            f"before/after {http['load_average_1min']}, {http['cpu_count']} cores"
+        )
     if "clicks_to_dice" in report:
         dice = report["clicks_to_dice"]
         print(
