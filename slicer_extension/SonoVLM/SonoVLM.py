@@ -26,8 +26,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from SonoVLMLib.client import ImageExistsError, SonoVLMClient, SonoVLMClientError
-from SonoVLMLib.geometry import pixel_points_to_ras, volume_ijk_to_ras
-from SonoVLMLib.interaction import control_points_ras
+from SonoVLMLib.interaction import PROMPT_TOOLS, PromptMarkups
 from SonoVLMLib.live import LABEL_DEVICE, LiveLogic, upload_case_steps
 from SonoVLMLib.organs import ORGAN_LABELS, segment_name
 from SonoVLMLib.replies import organ_label_text
@@ -55,13 +54,6 @@ SHORTCUTS = {
     "submit": "Alt+S",
 }
 
-#: Interaction tools: markups node name and colour of their points.
-PROMPT_TOOLS = {
-    "positive": ("SonoVLM positive points", (0.2, 0.9, 0.3)),
-    "negative": ("SonoVLM negative points", (0.95, 0.25, 0.2)),
-    "box": ("SonoVLM box corners", (1.0, 0.8, 0.1)),
-}
-
 
 class SonoVLM(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -84,7 +76,9 @@ class SonoVLM(ScriptedLoadableModule):
 
 class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: each button starts one :class:`SonoVLMLogic` action; server requests run off the
-    GUI thread (:meth:`_run`), the scene work and the panel updates on it."""
+    GUI thread (:meth:`_run`), the panel updates on it. The widget keeps to the UI (Qt widgets,
+    views, observers): nodes, IJK/RAS geometry, points and segments are the logic's
+    (tests/slicer_extension/test_static.py fails on scene-level calls here)."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -93,7 +87,6 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.case = None
         self.segment_id = None
         self.shortcuts = []
-        self.toolNodes = {}
         self.activeTool = None
         self._syncingPrompts = False
         self._caseObserver = None
@@ -121,7 +114,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillOrgans(list(ORGAN_LABELS))
 
         editor = self.ui.segmentEditorWidget
-        editor.setMRMLSegmentEditorNode(self._segmentEditorNode())
+        editor.setMRMLSegmentEditorNode(self.logic.segment_editor_node())
         editor.setSegmentationNodeSelectorVisible(False)
         editor.setSourceVolumeNodeSelectorVisible(False)
 
@@ -443,19 +436,15 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showLiveLayers(self, monitor):
         """Lay the live image and its labelmap out in the slice views once they both exist."""
-        image, label = monitor.image_node, monitor.label_node
-        if image is None or label is None or label.GetImageData() is None or not monitor.running:
+        layers = self.logic.live.view_layers(monitor)
+        if layers is None:
             return
-        shown = (image.GetID(), label.GetID())
+        shown = (monitor.image_node.GetID(), monitor.label_node.GetID())
         if shown == self._liveShown:
             return
         self._liveShown = shown
         # The views turn into the frame's plane as it is now (a tracked probe moves it later).
-        layers = {"background": image, "fit": True, "rotateToVolumePlane": True}
-        if label.IsA("vtkMRMLLabelMapVolumeNode"):
-            slicer.util.setSliceViewerLayers(foreground=None, label=label, **layers)
-        else:  # OpenIGTLinkIF made a grey scalar volume of it: blend it over the image
-            slicer.util.setSliceViewerLayers(foreground=label, foregroundOpacity=0.4, label=None, **layers)
+        slicer.util.setSliceViewerLayers(**layers)
 
     def onFreeze(self):
         """Copy the current frame and labelmap into a case: correct it, upload it, submit it."""
@@ -508,7 +497,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not on:
             if self.activeTool == tool:
                 self.activeTool = None
-                slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
+                self.logic.prompt_markups.stop_placing()
             return
         for name, button in self._toolButtons().items():
             if name != tool and button.checked:
@@ -517,13 +506,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 button.blockSignals(False)
         self.ui.segmentEditorWidget.setActiveEffect(None)  # a paint effect would take the clicks
         self.activeTool = tool
-        node = self._toolNode(tool)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
-        selection.SetActivePlaceNodeID(node.GetID())
-        interaction = slicer.app.applicationLogic().GetInteractionNode()
-        interaction.SetPlaceModePersistence(1)
-        interaction.SetCurrentInteractionMode(interaction.Place)
+        self._toolNode(tool)  # observed before its first point
+        self.logic.prompt_markups.start_placing(tool)
 
     def onInteractionModeChanged(self, caller=None, event=None):
         if caller is not None and caller.GetCurrentInteractionMode() != caller.Place:
@@ -540,8 +524,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QTimer.singleShot(0, lambda node=caller: self._promptPlaced(node))
 
     def _promptPlaced(self, node):
-        tool = next((name for name, tool_node in self.toolNodes.items() if tool_node is node), None)
-        points = control_points_ras(node) if tool is not None else []
+        tool, points = self.logic.prompt_markups.placed(node)
         if not points or self.session is None or self.case is None:
             return
         if self._task is not None:
@@ -611,7 +594,7 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.session is None or self.case is None:
             return
         with self._busy("Showing the frame"):
-            self.session.scene_logic.select_frame(self.case, int(item.data(qt.Qt.UserRole)))
+            self.logic.select_frame(self.case, int(item.data(qt.Qt.UserRole)))
 
     def onSegmentEdited(self):
         if not self._applying:
@@ -629,16 +612,8 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.session is None or self.case is None:
             return
         segment_id = self.ui.segmentEditorWidget.currentSegmentID() or self.segment_id
-        segmentation = self.case.segmentation.GetSegmentation()
-        if not segment_id or segmentation.GetSegment(segment_id) is None:
-            organ = self.session.case_organ(self.case)
-            segment_id = self.session.scene_logic.find_segment(self.case, organ) if organ else None
-        if segment_id is None:
-            self.session.scene_logic.remove_axes(self.case)
-            self._showMeasurements(None)
-            return
         try:
-            self._showMeasurements(self.session.update_measurements(self.case, segment_id))
+            self._showMeasurements(self.session.measure_shown(self.case, segment_id))
         except (ValueError, RuntimeError) as error:
             self._setStatus(f"Could not measure the segment: {error}")
 
@@ -655,7 +630,6 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.close_scene()
         self.case = None
         self.segment_id = None
-        self.toolNodes = {}
         self._lastChangeWasAI = False
         self.ui.frameConfidenceList.clear()
         self._showMeasurements(None)
@@ -779,36 +753,21 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
 
     def _toolNode(self, tool):
-        """The markups node a tool places its points in (made on first use)."""
-        node = self.toolNodes.get(tool)
-        if node is None or slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
-            name, colour = PROMPT_TOOLS[tool]
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-            node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor(*colour)
-            node.GetDisplayNode().SetPointLabelsVisibility(False)
+        """The markups node a tool places its points in (the logic makes it), observed for clicks."""
+        node = self.logic.prompt_markups.node(tool)
+        if not self.hasObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced):
             self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
-            self.toolNodes[tool] = node
         return node
 
     def _showPrompts(self):
         """Show the clicks the session holds for the frame shown (after a reply, an error or undo)."""
         if self.session is None or self.case is None:
             return
-        prompts = self.session.prompts(self.case)
-        ijk_to_ras = volume_ijk_to_ras(self.case.volume)
+        for tool in PROMPT_TOOLS:
+            self._toolNode(tool)  # observed before its points change
         self._syncingPrompts = True
         try:
-            for tool, points in (
-                ("positive", prompts.foreground),
-                ("negative", prompts.background),
-                ("box", []),
-            ):
-                node = self._toolNode(tool)
-                node.RemoveAllControlPoints()
-                if points:
-                    for ras in pixel_points_to_ras(ijk_to_ras, [(i, j) for i, j, _ in points]):
-                        node.AddControlPoint(*ras)
+            self.logic.show_prompts(self.case)
         finally:
             self._syncingPrompts = False
 
@@ -954,20 +913,11 @@ class SonoVLMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             watching and self.liveMonitor.image_node is not None and self.liveMonitor.label_node is not None
         )
 
-    @staticmethod
-    def _segmentEditorNode():
-        """The Segment Editor module's own parameter node, so both editors show the same state."""
-        node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
-        if node is None:
-            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
-            node.UnRegister(None)
-            node.SetSingletonTag("SegmentEditor")
-            node = slicer.mrmlScene.AddNode(node)
-        return node
-
 
 class SonoVLMLogic(ScriptedLoadableModuleLogic):
-    """The module's logic: the scene logic of Slicer's scene and, once connected, one
+    """The module's logic: the scene logic of Slicer's scene (``self.scene_logic``), the Live
+    panel's (``self.live``), the interaction tools' markups nodes and place mode
+    (``self.prompt_markups``) and, once connected, one
     :class:`~SonoVLMLib.workflow.AnnotationSession` with a server (``self.session``).
 
     Constructed without arguments, as Slicer constructs module logics; held by composition
@@ -982,6 +932,7 @@ class SonoVLMLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.scene_logic = UltrasoundSceneLogic(scene if scene is not None else slicer.mrmlScene)
         self.live = LiveLogic(self.scene_logic)
+        self.prompt_markups = PromptMarkups(self.scene_logic.scene)
         self.session = None
 
     def open_session(self, server_url=DEFAULT_SERVER_URL, token=None, client_id=None, timeout=120.0):
@@ -1004,9 +955,31 @@ class SonoVLMLogic(ScriptedLoadableModuleLogic):
         self.scene_logic.remove_case(case)
 
     def close_scene(self):
-        """The scene was closed: clicks, undo and organs keyed by node ids are dropped."""
+        """The scene was closed: clicks, undo, organs and the tools' nodes, all keyed by node ids
+        (which start again), are dropped."""
+        self.prompt_markups.forget()
         if self.session is not None:
             self.session.reset()
+
+    def segment_editor_node(self):
+        """The Segment Editor module's parameter node (made when missing), so that the panel's
+        embedded editor and the Segment Editor module show the same state."""
+        return self.scene_logic.segment_editor_node()
+
+    def select_frame(self, case, frame):
+        """Show ``frame`` (0-based) of a cine ``case``; raises ValueError for a frame out of range."""
+        self.scene_logic.select_frame(case, frame)
+
+    def show_prompts(self, case):
+        """Put the session's clicks of the frame shown (``[i, j, k]`` voxels) into the tools'
+        markups nodes at their RAS positions (mm) on ``case.volume``; the box corners are cleared.
+
+        Raises:
+            RuntimeError: no session is open.
+        """
+        if self.session is None:
+            raise RuntimeError("no session with a server is open: connect first")
+        self.prompt_markups.show(case.volume, self.session.prompts(case))
 
 
 def _received_image(scene, device, voxels, ijk_to_ras):

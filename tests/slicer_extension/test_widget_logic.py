@@ -1,10 +1,14 @@
 """The scene and geometry work the panel used to do itself, now in the logic (issue 16 item 5):
 the interaction tools' markups nodes and Slicer's place mode (``PromptMarkups``), the clicks shown
 back at their RAS positions, the Segment Editor's parameter node, the measurements of the segment
-shown and the live layers of the slice views, all against Slicer's own MRML core (slicer-core),
-no Qt and no server (a stand-in client answers)."""
+shown, the live layers of the slice views, and ``SonoVLMLogic``'s methods the widget calls, all
+against Slicer's own MRML core (slicer-core), no Qt and no server (a stand-in client answers)."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -306,3 +310,181 @@ def test_no_layers_before_the_image_and_the_labels_pixels_arrive(slicer_scene, s
     slicer.util.updateVolumeFromArray(label, np.zeros((1, ROWS, COLS), np.uint8))
     assert logic.view_layers(monitor)["label"] is label
     monitor.stop()
+
+
+# ---------------------------------------------------------------- SonoVLMLogic, as the widget calls it
+
+
+@pytest.fixture
+def sonovlm_module(monkeypatch, slicer_scene, tmp_path):
+    """SonoVLM.py as Slicer loads it (test_module_in_slicer.py's stand-in base classes)."""
+    from test_module_in_slicer import MODULE_FILE, slicer_base_classes
+
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slicer_base_classes())
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setattr(slicer, "mrmlScene", slicer_scene, raising=False)
+    temp = tmp_path / "slicer-temp"
+    monkeypatch.setattr(slicer.util, "tempDirectory", lambda key="__SlicerTemp__", **kw: str(temp / key))
+    spec = importlib.util.spec_from_file_location("SonoVLM_widget_logic_under_test", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_click_comes_back_at_the_voxel_the_session_sent(sonovlm_module, slicer_scene, tmp_path):
+    """The panel's click -> session -> markups round trip without Qt: the point placed in RAS is
+    sent as a voxel, and ``show_prompts`` draws that voxel's centre back in the tool's node."""
+    logic = sonovlm_module.SonoVLMLogic()
+    with pytest.raises(RuntimeError, match="connect first"):
+        logic.show_prompts(None)
+    client = StandInClient(tmp_path, asymmetric_lesion(ROWS, COLS))
+    logic.session = AnnotationSession(client, logic.scene_logic, str(tmp_path / "work"))
+    case = logic.scene_logic.case_from_volume(oblique_volume(slicer_scene), image_id="us-oblique")
+
+    node = logic.prompt_markups.start_placing("positive")
+    clicked = pixel_points_to_ras(volume_ijk_to_ras(case.volume), [(20.3, 11.8)])[0]
+    node.AddControlPoint(*clicked)  # what a click in the Red view does
+    tool, points = logic.prompt_markups.placed(node)
+    assert tool == "positive"
+    logic.session.add_click(case, True, points[-1], "auto")
+    assert client.requests[-1][2]["foreground"] == [[20, 12, 0]]
+
+    logic.show_prompts(case)
+    (shown,) = control_points_ras(logic.prompt_markups.node("positive"))
+    assert shown == pytest.approx(tuple(pixel_points_to_ras(volume_ijk_to_ras(case.volume), [(20, 12)])[0]))
+    assert logic.prompt_markups.node("negative").GetNumberOfControlPoints() == 0
+
+
+def test_the_logic_holds_the_nodes_the_widget_used_to_make(sonovlm_module, slicer_scene, scene_logic):
+    logic = sonovlm_module.SonoVLMLogic()
+    assert logic.prompt_markups.scene is slicer_scene
+    editor = logic.segment_editor_node()
+    assert editor.GetSingletonTag() == "SegmentEditor" and logic.segment_editor_node() is editor
+
+    cine = logic.scene_logic.case_from_frames(np.zeros((4, ROWS, COLS), np.uint8), None, "cine")
+    logic.select_frame(cine, 3)
+    assert cine.current_frame() == 3
+    with pytest.raises(ValueError, match="frame 4 is out of range"):
+        logic.select_frame(cine, 4)
+
+    positive = logic.prompt_markups.node("positive")
+    slicer_scene.Clear(0)
+    logic.close_scene()  # without a session too
+    assert logic.prompt_markups.tool_of(positive) is None
+
+
+# ---------------------------------------------------------------- the widget's wiring, without Qt
+
+
+class FakeButton:
+    def __init__(self):
+        self.checked = False
+        self.enabled = True
+
+    def blockSignals(self, block):
+        pass
+
+
+class FakeEditor:
+    def __init__(self):
+        self.segment_id = ""
+        self.effect = "Paint"
+
+    def currentSegmentID(self):
+        return self.segment_id
+
+    def setActiveEffect(self, effect):
+        self.effect = effect
+
+
+class FakeTable:
+    def __init__(self):
+        self.rows = {}
+        self.count = None
+
+    def setRowCount(self, count):
+        self.count = count
+        self.rows = {}
+
+    def setItem(self, row, column, item):
+        self.rows[(row, column)] = item
+
+
+@pytest.fixture
+def widget(sonovlm_module, slicer_scene, tmp_path, monkeypatch):
+    """A ``SonoVLMWidget`` with its logic and a session with a stand-in client; the panel's Qt
+    widgets are stand-ins (only what the methods under test touch)."""
+    sys.modules["qt"].QTableWidgetItem = str  # the stub "qt" module of the fixture
+    widget = sonovlm_module.SonoVLMWidget()
+    widget.logic = sonovlm_module.SonoVLMLogic()
+    client = StandInClient(tmp_path, asymmetric_lesion(ROWS, COLS))
+    widget.logic.session = AnnotationSession(client, widget.logic.scene_logic, str(tmp_path / "work"))
+    widget.ui = types.SimpleNamespace(
+        positivePointButton=FakeButton(),
+        negativePointButton=FakeButton(),
+        boxButton=FakeButton(),
+        segmentEditorWidget=FakeEditor(),
+        measurementsTable=FakeTable(),
+    )
+    yield widget
+    widget.removeObservers()
+
+
+def test_the_widget_observes_each_tool_node_once_and_ignores_its_own_points(widget, slicer_scene):
+    node = widget._toolNode("positive")
+    assert widget._toolNode("positive") is node is widget.logic.prompt_markups.node("positive")
+    assert widget.hasObserver(node, node.PointPositionDefinedEvent, widget.onPointPlaced)
+    case = widget.logic.scene_logic.case_from_volume(oblique_volume(slicer_scene), image_id="us-oblique")
+    widget.case = case
+    clicked = pixel_points_to_ras(volume_ijk_to_ras(case.volume), [(30, 20)])[0]
+    widget.session.add_click(case, False, clicked, "auto")
+    scheduled = []
+    sys.modules["qt"].QTimer = types.SimpleNamespace(singleShot=lambda ms, call: scheduled.append(call))
+    widget._showPrompts()  # its own points are not clicks: nothing is sent
+    assert [len(control_points_ras(widget.logic.prompt_markups.node(t))) for t in PROMPT_TOOLS] == [0, 1, 0]
+    assert scheduled == []
+    node.AddControlPoint(*clicked)  # a click in a view: the request is scheduled
+    assert len(scheduled) == 1
+    for tool in PROMPT_TOOLS:
+        tool_node = widget.logic.prompt_markups.node(tool)
+        assert widget.hasObserver(tool_node, tool_node.PointPositionDefinedEvent, widget.onPointPlaced)
+
+
+def test_a_tool_button_starts_and_stops_slicers_place_mode(widget, slicer_scene):
+    interaction = slicer_scene.GetSingletonNode("Singleton", "vtkMRMLInteractionNode")
+    widget.onTool("box", True)
+    assert widget.activeTool == "box" and widget.ui.segmentEditorWidget.effect is None
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    selection = slicer_scene.GetSingletonNode("Singleton", "vtkMRMLSelectionNode")
+    assert selection.GetActivePlaceNodeID() == widget.logic.prompt_markups.node("box").GetID()
+    widget.onTool("box", False)
+    assert widget.activeTool is None
+    assert interaction.GetCurrentInteractionMode() == interaction.ViewTransform
+
+
+def test_the_widget_shows_the_measurements_of_the_segment_shown(widget, slicer_scene):
+    frames = np.zeros((1, ROWS, COLS), np.uint8)
+    widget.case = widget.logic.scene_logic.case_from_frames(frames, (0.2, 0.25), "us", image_id="us")
+    widget.updateMeasurements()  # nothing segmented yet
+    assert widget.ui.measurementsTable.count == 0 and line_nodes(slicer_scene) == []
+    outcome = widget.session.auto_segment(widget.case, "auto")
+    widget.updateMeasurements()
+    rows = outcome.measurement.table_rows()
+    assert widget.ui.measurementsTable.count == len(rows) > 0
+    assert widget.ui.measurementsTable.rows[(0, 1)] == rows[0][1]
+    assert len(line_nodes(slicer_scene)) == 2
+
+
+def test_the_widget_lays_the_live_layers_out_once(widget, slicer_scene, monkeypatch):
+    calls = []
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **layers: calls.append(layers))
+    image = live_volume(slicer_scene, "vtkMRMLScalarVolumeNode", live.IMAGE_DEVICE)
+    labelmap = live_volume(slicer_scene, "vtkMRMLLabelMapVolumeNode", live.LABEL_DEVICE)
+    monitor = widget.logic.live.monitor()
+    monitor.start()
+    widget._showLiveLayers(monitor)
+    widget._showLiveLayers(monitor)
+    monitor.stop()
+    assert calls == [
+        {"background": image, "foreground": None, "label": labelmap, "fit": True, "rotateToVolumePlane": True}
+    ]
