@@ -359,3 +359,101 @@ def test_module_files_compile_on_slicers_pythons(python, tmp_path):
         [python, "-I", "-c", script, str(tmp_path), *map(str, PYTHON_FILES)], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
+
+
+#: Scene-level calls the widget (``SonoVLMWidget``) must leave to the logic (issue 16 item 5): what
+#: it used to do itself and now calls ``SonoVLMLogic``, the session or ``SonoVLMLib`` for. Node
+#: creation and removal, IJK/RAS geometry, markups points and place mode, segments, layer choice.
+WIDGET_FORBIDDEN = {
+    # nodes
+    "AddNewNodeByClass": "make nodes in the logic",
+    "CreateNodeByClass": "make nodes in the logic",
+    "AddNode": "make nodes in the logic",
+    "RemoveNode": "remove nodes in the logic",
+    "GetSingletonNode": "look singletons up in the logic",
+    "GetNodeByID": "look nodes up in the logic",
+    "CreateDefaultDisplayNodes": "set nodes up in the logic",
+    # geometry
+    "GetIJKToRASMatrix": "convert coordinates in the logic (SonoVLMLib.geometry)",
+    "GetRASToIJKMatrix": "convert coordinates in the logic (SonoVLMLib.interaction)",
+    "SetIJKToRASMatrix": "set geometry in the logic",
+    "vtkMatrix4x4": "convert coordinates in the logic",
+    "volume_ijk_to_ras": "convert coordinates in the logic",
+    "pixel_points_to_ras": "convert coordinates in the logic",
+    "ras_to_ijk_matrix": "convert coordinates in the logic",
+    "ras_to_voxels": "convert coordinates in the logic",
+    "control_points_ras": "read points in the logic (PromptMarkups.placed)",
+    # markups and place mode
+    "AddControlPoint": "place points in the logic (PromptMarkups.show)",
+    "RemoveAllControlPoints": "place points in the logic (PromptMarkups.show)",
+    "SetActivePlaceNodeID": "start place mode in the logic (PromptMarkups.start_placing)",
+    "SetReferenceActivePlaceNodeClassName": "start place mode in the logic",
+    "SetPlaceModePersistence": "start place mode in the logic",
+    "SetCurrentInteractionMode": "start place mode in the logic",
+    "SwitchToViewTransformMode": "stop place mode in the logic (PromptMarkups.stop_placing)",
+    # segments and measurements
+    "GetSegmentation": "read segments in the logic (AnnotationSession.measure_shown)",
+    "AddEmptySegment": "make segments in the logic",
+    "find_segment": "find segments in the logic",
+    "remove_axes": "draw or remove the axes in the logic",
+    "apply_mask": "build segmentations in the logic",
+    "scene_logic": "call SonoVLMLogic or the session, not the scene logic behind them",
+    # volumes' kinds and pixels
+    "IsA": "decide by node class in the logic (LiveLogic.view_layers)",
+    "GetImageData": "read pixels in the logic",
+    "updateVolumeFromArray": "write pixels in the logic",
+    "arrayFromVolume": "read pixels in the logic",
+}
+
+
+def scene_calls_in_class(source: str, class_name: str) -> list[str]:
+    """``line: name (why)`` for every use of a :data:`WIDGET_FORBIDDEN` name (an attribute, a
+    name or an import) inside class ``class_name`` of ``source``."""
+    tree = ast.parse(source)
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    assert found, f"no class {class_name} in the source"
+    problems = []
+    for node in ast.walk(found[0]):
+        names = []
+        if isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name.split(".")[-1] for alias in node.names]
+        problems += [
+            f"{node.lineno}: {name} ({WIDGET_FORBIDDEN[name]})" for name in names if name in WIDGET_FORBIDDEN
+        ]
+    return sorted(set(problems), key=lambda p: int(p.split(":")[0]))
+
+
+@pytest.mark.parametrize(
+    "snippet, needle",
+    [
+        (
+            "class W:\n    def f(self):\n        slicer.mrmlScene.AddNewNodeByClass('x')\n",
+            "AddNewNodeByClass",
+        ),
+        ("class W:\n    def f(self, v):\n        v.GetIJKToRASMatrix(m)\n", "GetIJKToRASMatrix"),
+        ("class W:\n    def f(self):\n        m = vtk.vtkMatrix4x4()\n", "vtkMatrix4x4"),
+        (
+            "class W:\n    def f(self):\n        from SonoVLMLib.geometry import volume_ijk_to_ras\n",
+            "volume_ijk_to_ras",
+        ),
+        ("class W:\n    def f(self):\n        self.session.scene_logic.select_frame(c, 1)\n", "scene_logic"),
+        ("class W:\n    def f(self, n):\n        slicer.mrmlScene.RemoveNode(n)\n", "RemoveNode"),
+    ],
+)
+def test_the_widget_checker_catches_scene_work(snippet, needle):
+    problems = scene_calls_in_class(snippet, "W")
+    assert problems and needle in problems[0]
+    # Outside the class (the logic, the self-test) the same code is fine.
+    assert scene_calls_in_class(snippet.replace("class W", "class L") + "class W:\n    pass\n", "W") == []
+
+
+def test_the_widget_leaves_node_and_geometry_work_to_the_logic():
+    """The Slicer widget keeps to UI (Slicer's scripted-module template: the logic does the work,
+    the widget wires the panel): no node made or removed, no IJK/RAS matrix, no points placed,
+    no segment read in ``SonoVLMWidget``."""
+    source = (MODULE / "SonoVLM.py").read_text(encoding="utf-8")
+    assert scene_calls_in_class(source, "SonoVLMWidget") == []
