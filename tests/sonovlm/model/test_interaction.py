@@ -9,7 +9,6 @@ import torch
 from sonovlm.errors import ModelLoadError, SonoInputError
 from sonovlm.io import UltrasoundImage, UltrasoundRegion
 from sonovlm.model import AdapterConfig, ModelConfig, Predictor, SonoVLM
-from sonovlm.model.inference import FeatureCache, FrameFeatures, features_nbytes
 from sonovlm.model.interaction import (
     BOX,
     NEGATIVE,
@@ -20,6 +19,7 @@ from sonovlm.model.interaction import (
     frame_to_model_point,
 )
 from sonovlm.model.preprocess import PreprocessConfig, frame_geometry, to_model_space
+from sonovlm.model.results import FeatureCache, FrameFeatures, features_nbytes
 from sonovlm.model.sonovlm_model import VisionFeatures
 
 REGION = (100, 60, 540, 420)
