@@ -5,6 +5,7 @@ from the datastore, a .nrrd mask; the replies' per-stage latencies; the tiny bac
 from __future__ import annotations
 
 import pytest
+
 from benchmarks.bench_interactive import STAGES, stock_plugin_round_trip
 
 
