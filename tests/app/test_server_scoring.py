@@ -86,9 +86,9 @@ def test_a_new_image_is_scored_and_clicks_are_answered_meanwhile(server, client,
         mask, reply = client.infer("interactive", image_id, params)
         assert reply["model_version"] == version and mask
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        _, embeddings = _score_files(server, version)
-        if new_id in embeddings:
+    while time.monotonic() < deadline:  # the .npz is written before the .json: wait for both
+        uncertainty, embeddings = _score_files(server, version)
+        if new_id in embeddings and new_id in uncertainty:
             break
         time.sleep(0.2)
     uncertainty, embeddings = _score_files(server, version)
