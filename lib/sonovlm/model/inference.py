@@ -12,7 +12,7 @@ around the forwards or int8 dynamic quantisation of the backbone; results stay f
 
 :meth:`Predictor.score_batch` scores images for active learning (embedding and MC-dropout
 uncertainty) with one backbone forward per batch, outside the feature cache, and can let other
-callers in between the backbone's blocks (see :data:`PAUSE_POINTS`).
+callers in between the backbone's blocks (see :mod:`.active_learning`).
 
 :func:`load_model` builds the model the CLI and the server use from ``--backbone``, ``--adapter``
 and ``--weights``.
@@ -20,21 +20,19 @@ and ``--weights``.
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import ModelLoadError, SonoInputError
 from ..organs import PATHOLOGIES, organ_label
+from .active_learning import ImageScore, ScoringInput, install_hooks, mc_dropout, pauses
 from .interaction import Interaction, encode_interaction
 from .precision import Precision, apply_precision, autocast, resolve_precision
 from .preprocess import FrameGeometry, check_frame, from_model_space
@@ -51,85 +49,14 @@ from .sonovlm_model import SonoVLM, VisionFeatures
 if TYPE_CHECKING:
     from ..io import UltrasoundImage
 
-#: Where :meth:`Predictor.score_batch` can pause its backbone forward (``between_steps``): before
-#: each vision encoder block but the first and before each block's MLP, so a ViT-B/16 forward has
-#: 23 pause points (and one before each unlabelled image's head passes).
-PAUSE_POINTS = "encoder blocks and their MLPs"
-
-#: The callback the scoring forward of *this thread* runs at each pause point (None elsewhere: a
-#: ContextVar, so the hooks do nothing in any other thread running the same modules).
-_pause_callback: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "sonovlm_pause_callback", default=None
-)
-_PAUSE_HOOKS_ATTRIBUTE = "_sonovlm_pause_hooks"
-_pause_hooks_lock = threading.Lock()
-
-
-def _pause_hook(module: nn.Module, args: tuple) -> None:
-    callback = _pause_callback.get()
-    if callback is not None:
-        callback()
-
-
-def _install_pause_points(model: SonoVLM) -> None:
-    """Forward pre-hooks at the :data:`PAUSE_POINTS` of ``model``'s vision tower, once per model
-    (every Predictor of an in-place publish shares them); inert unless :data:`_pause_callback` is
-    set in the running thread."""
-    with _pause_hooks_lock:
-        if getattr(model, _PAUSE_HOOKS_ATTRIBUTE, False):
-            return
-        for index, layer in enumerate(model.clip.vision_model.encoder.layers):
-            if index > 0:
-                layer.register_forward_pre_hook(_pause_hook)
-            mlp = getattr(layer, "mlp", None)
-            if isinstance(mlp, nn.Module):
-                mlp.register_forward_pre_hook(_pause_hook)
-        setattr(model, _PAUSE_HOOKS_ATTRIBUTE, True)
-
-
-@dataclass
-class ScoringInput:
-    """One frame ready for :meth:`Predictor.score_batch` (:meth:`Predictor.prepare_scoring`).
-
-    Attributes:
-        pixel_values: ``(3, S, S)`` float32 model input.
-        geometry: frame <-> model-space mapping (its region bounds the uncertainty average).
-        frame: 0-based frame index (the middle frame unless asked).
-        organ: what the uncertainty is about (the segmentation head's text condition).
-        labelled: True = only the embedding (an image with a final label needs no uncertainty).
-        preprocess: the preprocessing config used (checked against the model when scored).
-    """
-
-    pixel_values: torch.Tensor
-    geometry: FrameGeometry
-    frame: int
-    organ: str
-    labelled: bool
-    preprocess: Any = None
-
-
-@dataclass
-class ImageScore:
-    """What active learning keeps of one image.
-
-    Attributes:
-        embedding: ``(D,)`` float32 adapted image embedding, L2-normalised (diversity).
-        uncertainty: MC-dropout predictive entropy in nats (as :meth:`Predictor.uncertainty`);
-            None for a labelled image.
-        frame: the frame scored.
-    """
-
-    embedding: np.ndarray
-    uncertainty: float | None
-    frame: int
-
 
 class Predictor:
     """One model in eval mode on a device, with a byte-bounded LRU of per-frame features.
 
-    Calls are serialised by a lock: safe from several threads, one request at a time. Weights
-    loaded into the model under a new version (``model.config.version``) drop the cached features
-    on the next call.
+    Calls are serialised by a lock: safe from several threads, one request at a time (a
+    :meth:`score_batch` with ``between_steps`` releases it at its pause points). Weights loaded
+    into the model under a new version (``model.config.version``) drop the cached features on the
+    next call.
 
     Args:
         model: the model to serve.
@@ -160,7 +87,7 @@ class Predictor:
         self._lock = threading.RLock()
         budget = FEATURE_CACHE_BYTES if feature_cache_bytes is None else feature_cache_bytes
         self._cache = FeatureCache(budget)
-        _install_pause_points(self.model)
+        install_hooks(self.model)
 
     # ------------------------------------------------------------------------------ features
     def _cache_key(self, image: UltrasoundImage, frame: int) -> tuple:
@@ -401,24 +328,17 @@ class Predictor:
     def _dropout_entropy(
         self, levels: list[torch.Tensor], geometry: FrameGeometry, organ: str, samples: int
     ) -> float:
-        """MC-dropout entropy (nats) of one frame from its ``(1, T, W)`` float32 levels; the caller
-        holds ``self._lock``, so no other caller of this predictor sees the head's dropout active.
+        """MC-dropout entropy (nats) of one frame from its ``(1, T, W)`` float32 levels.
 
-        The dropout masks come from torch's global generator: the same generator state gives the
-        same masks (and result) whichever method calls this.
+        The head's dropout is active in this thread only (:func:`.active_learning.mc_dropout`: its
+        modules stay in eval mode), so no other caller ever sees it. The masks come from torch's
+        global generator: the same generator state gives the same masks (and result) whichever
+        method calls this.
         """
         condition = self._condition(organ, None)
-        head = self.model.seg_head
-        dropouts = [m for m in head.modules() if isinstance(m, nn.Dropout)]
         expanded = [level.expand(samples, -1, -1) for level in levels]
-        try:
-            for module in dropouts:
-                module.train()
-            with torch.inference_mode(), self._autocast():
-                logits = head(expanded, condition)
-        finally:
-            for module in dropouts:
-                module.eval()
+        with torch.inference_mode(), self._autocast(), mc_dropout():
+            logits = self.model.seg_head(expanded, condition)
         probability = torch.softmax(logits.float(), dim=1)[:, 1].mean(dim=0).cpu().double()
         p = probability.clamp(1e-12, 1 - 1e-12)
         entropy = -(p * p.log() + (1 - p) * (1 - p).log())
@@ -468,11 +388,11 @@ class Predictor:
             items: ``(image, organ, labelled)`` tuples (the middle frame is scored) or
                 :meth:`prepare_scoring` results.
             samples: dropout passes per unlabelled image (>= 1).
-            between_steps: called at each pause point of the backbone forward (:data:`PAUSE_POINTS`)
-                and before each image's head passes, with the predictor lock released: a server
-                lets waiting requests run there (``ModelRegistry.yield_to_requests``). The head's
-                dropout is never active across a call. With it, the caller must not hold the
-                predictor lock.
+            between_steps: called at each pause point of the backbone and head forwards
+                (:data:`.active_learning.PAUSE_POINTS`) and before each image's head passes, with
+                the predictor lock released: a server lets waiting requests run there
+                (``ModelRegistry.yield_to_requests``); the head's dropout is active in this thread
+                only. With it, the caller must not hold the predictor lock.
 
         Returns:
             One :class:`ImageScore` per item, in order.
@@ -511,23 +431,20 @@ class Predictor:
                     raise ModelLoadError(f"the model changed from {version} while scoring; score again")
 
             pixel_values = torch.stack([item.pixel_values for item in prepared]).to(self.device)
-            token = _pause_callback.set(pause if between_steps is not None else None)
-            try:
+            scores = []
+            with pauses(pause if between_steps is not None else None):
                 with torch.inference_mode(), self._autocast():
                     vision = self.model.encode_image(pixel_values)
-            finally:
-                _pause_callback.reset(token)
-            levels = [level.float() for level in vision.levels]
-            embeddings = vision.embedding.detach().float().cpu().numpy()
-            scores = []
-            for index, item in enumerate(prepared):
-                uncertainty = None
-                if not item.labelled:
-                    if between_steps is not None:
-                        pause()
-                    one = [level[index : index + 1] for level in levels]
-                    uncertainty = self._dropout_entropy(one, item.geometry, item.organ, samples)
-                scores.append(ImageScore(embeddings[index].copy(), uncertainty, item.frame))
+                levels = [level.float() for level in vision.levels]
+                embeddings = vision.embedding.detach().float().cpu().numpy()
+                for index, item in enumerate(prepared):
+                    uncertainty = None
+                    if not item.labelled:
+                        if between_steps is not None:
+                            pause()
+                        one = [level[index : index + 1] for level in levels]
+                        uncertainty = self._dropout_entropy(one, item.geometry, item.organ, samples)
+                    scores.append(ImageScore(embeddings[index].copy(), uncertainty, item.frame))
         return scores
 
 

@@ -122,8 +122,9 @@ def test_scoring_does_not_touch_the_feature_cache(predictor):
 
 
 def test_pauses_release_the_lock_and_never_show_active_dropout(predictor):
-    """At every pause another thread can take the predictor and run a click (the head in eval
-    mode); the click is unchanged by the scoring around it, and the scores by the clicks."""
+    """At every pause (inside the head's dropout passes too) another thread can take the predictor
+    and run a click: every module is in eval mode, the click is unchanged by the scoring around it
+    (the dropout acts in the scoring thread only), and the scores by the clicks."""
     items = _items()
     clicked = _image(42)
     predictor.clear_cache()
@@ -147,7 +148,9 @@ def test_pauses_release_the_lock_and_never_show_active_dropout(predictor):
     busy = predictor.score_batch(items, samples=3, between_steps=click_from_another_thread)
     layers = len(predictor.model.clip.vision_model.encoder.layers)
     unlabelled = sum(1 for _, _, labelled in items if not labelled)
-    assert len(pauses) == (2 * layers - 1) + unlabelled
+    head_stages = len(predictor.model.seg_head.up) + 1  # upsampling stages, classifier
+    # Before each block but the first, its MLP and the MLP's fc2; before and inside each head pass.
+    assert len(pauses) == (3 * layers - 1) + unlabelled * (1 + head_stages)
     assert not any(pauses)
     assert len(clicks) == len(pauses)
     for probability in clicks:
