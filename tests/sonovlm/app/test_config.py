@@ -15,6 +15,7 @@ def test_defaults(tmp_path):
     assert config.adapter is None and config.weights is None
     assert config.models == MODEL_NAMES and config.model_dir == (tmp_path / "app" / "model").resolve()
     assert config.train_threads >= 1 and config.auto_scoring
+    assert config.scoring_batch == 8
 
 
 def test_values(tmp_path):
@@ -29,6 +30,7 @@ def test_values(tmp_path):
             "model_dir": str(tmp_path / "m"),
             "threads": "2",
             "auto_scoring": "false",
+            "scoring_batch": "3",
             "server_mode": "x",
         },
         tmp_path,
@@ -36,6 +38,7 @@ def test_values(tmp_path):
     assert (config.backbone, config.adapter, config.models) == ("tiny", "lora", ("segmentation",))
     assert config.weights == str(weights) and config.model_dir == Path(tmp_path / "m").resolve()
     assert config.threads == 2 and not config.auto_scoring and config.extra == {"server_mode": "x"}
+    assert config.scoring_batch == 3
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,8 @@ def test_values(tmp_path):
         ({"device": "tpu"}, "expected auto"),
         ({"threads": "many"}, "expected an integer"),
         ({"auto_scoring": "perhaps"}, "true or false"),
+        ({"scoring_batch": "0"}, "scoring_batch: must be at least 1"),
+        ({"scoring_batch": "eight"}, "scoring_batch: expected an integer"),
         ({"backbone": " "}, "must not be empty"),
     ],
 )
