@@ -60,6 +60,7 @@ bench: install
 	$(PY) -m training.bench --threads 2
 	$(PY) -m benchmarks.bench_precision --threads 2
 	$(PY) -m benchmarks.bench_live --threads 2
+	$(PY) -m benchmarks.bench_scoring --threads 2
 
 # Orthanc with its DICOMweb plugin (Debian packages) for the PACS integration tests; needs root.
 pacs-deps:
