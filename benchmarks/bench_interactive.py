@@ -56,6 +56,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from sonovlm.app.latency import STAGES as LATENCY_STAGES
 
 #: Targets of the latency part.
 DECODER_TARGET_MS = 25.0
@@ -141,19 +142,7 @@ def latency(clicks: int = 30, first_repeats: int = 5, bare_repeats: int = 5) -> 
 
 
 #: Stages of a reply's ``latency_ms`` (:mod:`sonovlm.app.latency`), in order.
-STAGES = (
-    "decode",
-    "parse",
-    "preprocess",
-    "encode",
-    "prompts",
-    "decode_mask",
-    "postprocess",
-    "measure",
-    "write",
-    "other",
-    "total",
-)
+STAGES = (*LATENCY_STAGES, "other", "total")
 #: The datastore image the clicks go to (sorts after ``sample_*``: not the warm-up image).
 CLICK_IMAGE = "us_lymph_node_j2k"
 
@@ -162,28 +151,14 @@ def stock_plugin_dicom(path, seed: int = 0, regions: bool = False) -> tuple[int,
     """A simulated 640 x 480 lymph-node B-mode frame as a JPEG 2000 (lossless) US DICOM, by
     default without a Sequence of Ultrasound Regions (as many real files: the imaging area is then
     estimated from the pixels); returns the lesion box ``(x0, y0, x1, y1)``."""
-    import io
-
     import pydicom
-    from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
-    from sonovlm.sample_data.dicom import DicomIdentity, ultrasound_dataset
-    from sonovlm.sample_data.simulate import simulate_case
 
-    image, _, meta = simulate_case(np.random.default_rng(seed), "lymph_node", shape=(480, 640))
-    ds = ultrasound_dataset(image, meta, DicomIdentity.derive("BENCH", ["click", str(seed)]), "benchmark")
-    if not regions:
-        del ds.SequenceOfUltrasoundRegions
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG2000", no_jp2=True, irreversible=False)
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.PixelData = encapsulate([buffer.getvalue()])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(str(path), write_like_original=False)
+    from .bench_server import jpeg2000_dicom
+
+    box = jpeg2000_dicom(path, seed=seed, organ="lymph_node", regions=regions, uid_key="click")
     assert pydicom.dcmread(str(path), stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEG2000Lossless
-    return tuple(int(v) for v in meta.lesion_bbox)
+    return box
 
 
 def _stock_click(client, image_id: str, params: dict) -> tuple[float, dict]:

@@ -53,16 +53,29 @@ APP_DIR = REPO / "monailabel_app"
 TARGET_RATIO = 1.5
 
 
-def jpeg2000_dicom(path: Path, rows: int = 480, cols: int = 640, seed: int = 0) -> None:
-    """A simulated 640 × 480 B-mode frame as a JPEG 2000 (lossless) US DICOM with its calibrated region."""
+def jpeg2000_dicom(
+    path: Path,
+    rows: int = 480,
+    cols: int = 640,
+    seed: int = 0,
+    organ: str = "breast_lesion",
+    regions: bool = True,
+    uid_key: str = "bench",
+) -> tuple[int, int, int, int]:
+    """A simulated ``rows`` × ``cols`` B-mode frame of ``organ`` as a JPEG 2000 (lossless) US DICOM,
+    with its calibrated Sequence of Ultrasound Regions unless ``regions`` is false (as many real
+    files: the imaging area is then estimated from the pixels); returns the lesion box
+    ``(x0, y0, x1, y1)``. ``uid_key`` and ``seed`` derive the UIDs."""
     from PIL import Image
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
     from sonovlm.sample_data.dicom import DicomIdentity, ultrasound_dataset
     from sonovlm.sample_data.simulate import simulate_case
 
-    image, _, meta = simulate_case(np.random.default_rng(seed), "breast_lesion", shape=(rows, cols))
-    ds = ultrasound_dataset(image, meta, DicomIdentity.derive("BENCH", ["bench", str(seed)]), "benchmark")
+    image, _, meta = simulate_case(np.random.default_rng(seed), organ, shape=(rows, cols))
+    ds = ultrasound_dataset(image, meta, DicomIdentity.derive("BENCH", [uid_key, str(seed)]), "benchmark")
+    if not regions:
+        del ds.SequenceOfUltrasoundRegions
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG2000", no_jp2=True, irreversible=False)
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
@@ -70,6 +83,7 @@ def jpeg2000_dicom(path: Path, rows: int = 480, cols: int = 640, seed: int = 0) 
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     ds.save_as(str(path), write_like_original=False)
+    return tuple(int(v) for v in meta.lesion_bbox)
 
 
 class BareForward:
