@@ -11,6 +11,8 @@ Changes to MONAI Label 0.8.5's :class:`LocalDatastore`:
   stored in one canonical form (:mod:`sonovlm.app.labels`), atomically; the previous final label
   moves to the label history; who saved a label and when is kept in its info.
 * Unknown image ids are 404, not 500.
+* Images and labels added or removed by hand are picked up by :mod:`.studies_watch`, which does
+  not watch ``.sonovlm/`` or lock and index reads (MONAI Label's watcher cost every click ~24 ms).
 * Organ and pathology per image come from labels, image info, then ``cases.csv``.
 
 The check, the label's record (who, when, organ, frames), its history and the training lists are
@@ -53,6 +55,7 @@ from .label_store import (
     who,
 )
 from .labels import label_extension, resolve_organ, resolve_pathology, write_label
+from .studies_watch import StudiesWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,9 @@ class SonoDatastore(LabelStoreCore, LocalDatastoreCompat, LocalDatastore):
         studies: the studies folder.
         geometry: returns ``(frames, rows, cols, spacing_mm)`` of an image path (decoding it);
             raises :class:`SonoInputError` for a file that is not a readable image.
-        auto_reload, read_only: as for :class:`LocalDatastore`.
+        auto_reload: watch the folder for images and labels added or removed by hand
+            (:class:`~sonovlm.app.studies_watch.StudiesWatcher`, not MONAI Label's watcher).
+        read_only: as for :class:`LocalDatastore`.
     """
 
     def __init__(
@@ -109,12 +114,15 @@ class SonoDatastore(LabelStoreCore, LocalDatastoreCompat, LocalDatastore):
         self.studies_dir = Path(studies)
         self.state_dir = self.studies_dir / STATE_DIR
         self.cases = CaseTable(studies)
-        super().__init__(
-            studies,
-            extensions=extensions or image_patterns(),
-            auto_reload=auto_reload,
-            read_only=read_only,
-        )
+        patterns = extensions or image_patterns()
+        # MONAI Label's own watcher is left off: it costs every click (see .studies_watch).
+        super().__init__(studies, extensions=patterns, auto_reload=False, read_only=read_only)
+        self.watcher: StudiesWatcher | None = None
+        if auto_reload:
+            self.watcher = StudiesWatcher(
+                self._datastore.image_path(), self._datastore.label_path(None), patterns, self.refresh
+            )
+            self.watcher.start()
 
     # -- the index: atomic, re-read under one lock -------------------------------------------------
 
