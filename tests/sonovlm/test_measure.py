@@ -227,3 +227,91 @@ def test_lesion_region_picks_the_region_holding_the_lesion():
     assert lesion_region([left, right], straddling) is right
     # Outside every region.
     assert lesion_region([UltrasoundRegion(bbox=(0, 0, 50, 50), spacing_mm=(0.1, 0.1))], mask) is None
+
+
+def test_pixel_moments_equal_those_of_every_pixel_centre():
+    """The outline keeps sums, not one coordinate per pixel: its centre and covariance equal
+    NumPy's over the pixel centres of the whole mask (crop origin included)."""
+    from scipy import ndimage
+    from sonovlm.measure import _Outline
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lesion = ndimage.gaussian_filter(rng.random((60, 90)), 3) > 0.5
+        if lesion.sum() < 2:
+            continue
+        origin = (int(rng.integers(0, 400)), int(rng.integers(0, 600)))
+        outline = _Outline.of(lesion, origin)
+        ys, xs = np.nonzero(lesion)
+        centres = np.stack([xs + origin[1], ys + origin[0]], axis=1).astype(float)
+        assert outline.area == ys.size
+        assert outline.y_range == (ys.min() + origin[0], ys.max() + origin[0])
+        assert outline.x_range == (xs.min() + origin[1], xs.max() + origin[1])
+        np.testing.assert_allclose(outline.centre(), centres.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(outline.covariance(), np.cov(centres, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("spacing_mm", [None, (0.1, 0.1)])
+def test_a_disc_has_no_principal_direction_and_lies_along_the_rows(spacing_mm):
+    """Equal second moments and no correlation: the long axis is taken along the rows, whatever
+    the rounding of a covariance would have said."""
+    yy, xx = np.mgrid[:81, :81]
+    disc = ((xx - 40) ** 2 + (yy - 40) ** 2 <= 30**2).astype(np.uint8)
+    measured = measure_lesion(disc, spacing_mm).to_dict()
+    assert measured["orientation_deg_px"] == 0.0
+    (x0, y0), (x1, y1) = measured["long_axis_endpoints"]
+    assert y0 == y1 and x0 < x1
+
+
+def _monai_single_lesion(mask: np.ndarray, label: int) -> np.ndarray:
+    """MONAI's KeepLargestConnectedComponent (8-connected) then FillHoles on the non-zero pixels."""
+    from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent
+
+    post = Compose(
+        [
+            KeepLargestConnectedComponent(applied_labels=[label], is_onehot=False, connectivity=2),
+            FillHoles(applied_labels=[label], connectivity=1),
+        ]
+    )
+    return np.asarray(post(np.where(mask != 0, label, 0).astype(np.uint8)[None]))[0].astype(np.uint8)
+
+
+def test_lesion_mask_is_monais_single_lesion_pixel_for_pixel():
+    """lesion_mask == MONAI's transforms on random masks: blobs, holes, rings, components touching
+    the border, equal sizes, a full and an empty mask, non-square and at any label."""
+    from sonovlm.measure import lesion_mask
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((40, 50), np.uint8)]
+    for _ in range(40):
+        noise = rng.random((40, 50)) < rng.uniform(0.2, 0.6)
+        masks.append((noise & (rng.random((40, 50)) < 0.8)).astype(np.uint8))
+    ring = np.zeros((40, 50), np.uint8)
+    ring[5:20, 5:20] = 1
+    ring[9:15, 9:15] = 0  # a hole
+    ring[30:36, 40:50] = 1  # touches the border
+    twins = np.zeros((40, 50), np.uint8)
+    twins[2:6, 2:6] = 1
+    twins[30:34, 30:34] = 1  # equal sizes
+    masks += [ring, twins, np.ones((40, 50), np.uint8)]
+    for index, mask in enumerate(masks):
+        for label in (1, 3):
+            np.testing.assert_array_equal(
+                lesion_mask(mask * 7, label), _monai_single_lesion(mask * 7, label), err_msg=f"mask {index}"
+            )
+
+
+def test_lesion_region_box_and_centroid_from_projections():
+    from sonovlm.measure import lesion_region
+
+    mask = np.zeros((100, 200), np.uint8)
+    mask[40:60, 10:30] = 1
+    # The box holds the lesion in only the right-hand region's box test when the lesion is
+    # there; otherwise the centroid decides.
+    left = UltrasoundRegion(bbox=(0, 0, 100, 100), spacing_mm=(0.1, 0.1), data_type=1)
+    right = UltrasoundRegion(bbox=(100, 0, 200, 100), spacing_mm=(0.2, 0.2), data_type=1)
+    assert lesion_region([right, left], mask) is left
+    straddling = np.zeros((100, 200), np.uint8)
+    straddling[40:60, 90:130] = 1  # centroid x = 109.5: in the right-hand region
+    assert lesion_region([left, right], straddling) is right
+    assert lesion_region([left, right], np.zeros((100, 200), np.uint8)) is None

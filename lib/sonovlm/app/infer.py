@@ -207,23 +207,14 @@ def wants_single_lesion(request: dict[str, Any]) -> bool:
 def single_lesion(mask: np.ndarray, label: int) -> np.ndarray:
     """The lesion that :func:`sonovlm.measure.measure_lesion` measures, as the served mask.
 
-    MONAI's ``KeepLargestConnectedComponent`` (8-connected, as the measurement) then ``FillHoles``
-    (background 4-connected, as ``scipy.ndimage.binary_fill_holes``) on the ``label`` pixels of a
+    :func:`sonovlm.measure.lesion_mask` (MONAI's ``KeepLargestConnectedComponent``, 8-connected
+    as the measurement, then ``FillHoles``, pixel for pixel) of the non-zero pixels of a
     ``(rows, cols)`` mask; returns a ``(rows, cols)`` uint8 mask of 0 and ``label``. Measuring the
     result gives its own area: the contour shown is the one whose size is reported.
     """
-    from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent
+    from ..measure import lesion_mask
 
-    if not mask.any():
-        return mask.astype(np.uint8)
-    post = Compose(
-        [
-            KeepLargestConnectedComponent(applied_labels=[label], is_onehot=False, connectivity=2),
-            FillHoles(applied_labels=[label], connectivity=1),
-        ]
-    )
-    channel_first = np.where(mask != 0, label, 0).astype(np.uint8)[None]
-    return np.asarray(post(channel_first))[0].astype(np.uint8)
+    return lesion_mask(mask, label)
 
 
 def lesion_measurements(image: Any, mask: np.ndarray) -> dict[str, Any] | None:

@@ -7,8 +7,7 @@ arrive while the model works are dropped, never queued) and for each one:
    ``feature_cache_bytes=0``: live frames never repeat);
 2. optionally smooths the lesion probability over frames (:class:`~.smoothing.ProbabilitySmoother`);
 3. thresholds it and keeps the one lesion :func:`sonovlm.measure.measure_lesion` measures
-   (:func:`keep_measured_lesion`: the server's single-lesion post-processing,
-   :func:`sonovlm.app.infer.single_lesion`, computed the same way on the lesion's bounding box);
+   (:func:`sonovlm.measure.lesion_mask`, as the server's single-lesion post-processing);
 4. publishes two messages: the labelmap IMAGE (the frame's geometry and timestamp, device
    :attr:`LiveSegmenter.label_device`) and a STRING of JSON (device :attr:`status_device`) with the
    long and short axis in mm, area, confidence, latency, frames per second and drop counts; with
@@ -160,8 +159,10 @@ class LiveSegmenter:
     def warm_up(self) -> float:
         """Import the post-processing and run the model once on a blank frame, so the first real
         frame is not slowed by one-off work; returns the seconds it took."""
+        from skimage import measure  # noqa: F401  (lesion_mask's first call would import it)
+
         from ..io import UltrasoundImage, UltrasoundRegion
-        from ..measure import measure_lesion  # noqa: F401
+        from ..measure import lesion_mask, measure_lesion  # noqa: F401
 
         started = time.monotonic()
         blank = UltrasoundImage(
@@ -175,7 +176,7 @@ class LiveSegmenter:
     # ------------------------------------------------------------------ one frame
     def process(self, frame: LiveFrame) -> LiveResult:
         """Segment, smooth, measure and publish one frame."""
-        from ..measure import measure_lesion
+        from ..measure import lesion_mask, measure_lesion
 
         self._check_geometry(frame.geometry)
         result = self.predictor.segment(frame.image, self.organ, frame=0)
@@ -185,7 +186,7 @@ class LiveSegmenter:
         foreground = probability >= MASK_THRESHOLD
         mask = foreground.astype(np.uint8) * np.uint8(self.label)
         if self.single_lesion and foreground.any():
-            mask = keep_measured_lesion(mask, self.label)
+            mask = lesion_mask(mask, self.label)
         lesion = mask != 0
         confidence = float(probability[lesion].mean()) if lesion.any() else 0.0
         measurement = measure_lesion(mask, frame.geometry.spacing_mm).to_dict() if lesion.any() else None
@@ -339,36 +340,6 @@ class LiveSegmenter:
             "geometry_changes": self.geometry_changes,
             "stalls": self.stalls,
         }
-
-
-def keep_measured_lesion(mask: np.ndarray, label: int) -> np.ndarray:
-    """The largest 8-connected lesion of a ``(rows, cols)`` mask with its holes filled, as a
-    ``(rows, cols)`` uint8 mask of 0 and ``label``: what :func:`sonovlm.app.infer.single_lesion`
-    (MONAI's ``KeepLargestConnectedComponent`` then ``FillHoles``) returns, pixel for pixel.
-
-    Computed with the functions MONAI calls (``skimage.measure.label``, connectivity 2, the same
-    ranking of component sizes; ``scipy.ndimage.binary_fill_holes``, background 4-connected) on the
-    bounding box of the non-zero pixels: a few milliseconds a frame instead of MONAI's 60 to 80 ms
-    on a 400 x 480 frame (most of it per-call overhead), which would bound a live stream's rate.
-    """
-    from scipy import ndimage
-    from skimage import measure
-
-    foreground = np.asarray(mask) != 0
-    out = np.zeros(foreground.shape, dtype=np.uint8)
-    rows, cols = np.nonzero(foreground)
-    if rows.size == 0:
-        return out
-    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    features, count = measure.label(foreground[box], connectivity=2, return_num=True)
-    if count > 1:
-        sizes = np.bincount(features.reshape(-1))
-        sizes[0] = 0
-        keep = features == np.argsort(sizes)[::-1][0]  # MONAI's choice among equal sizes too
-    else:
-        keep = features != 0
-    out[box] = np.where(ndimage.binary_fill_holes(keep), np.uint8(label), np.uint8(0))
-    return out
 
 
 def _spacing_text(geometry: StreamGeometry) -> str:

@@ -12,7 +12,6 @@ import pyigtl
 import pytest
 from sonovlm.errors import SonoInputError
 from sonovlm.live import LatestFrameBuffer, LiveSegmenter, frame_from_message, image_message
-from sonovlm.live.loop import keep_measured_lesion
 from sonovlm.measure import measure_lesion
 
 
@@ -211,27 +210,3 @@ def test_warm_up_runs_the_model_once_off_the_record():
     segmenter = LiveSegmenter(predictor, "lymph_node", Recorder())
     assert segmenter.warm_up() >= 0 and predictor.calls == 1
     assert segmenter.processed == 0 and segmenter.geometry is None
-
-
-def test_the_kept_lesion_is_the_servers_pixel_for_pixel():
-    """keep_measured_lesion == sonovlm.app.infer.single_lesion (MONAI) on random masks: blobs,
-    holes, rings, components touching the border, equal sizes."""
-    from sonovlm.app.infer import single_lesion
-
-    rng = np.random.default_rng(0)
-    masks = [np.zeros((40, 50), np.uint8)]
-    for _ in range(40):
-        noise = rng.random((40, 50)) < rng.uniform(0.2, 0.6)
-        masks.append((noise & (rng.random((40, 50)) < 0.8)).astype(np.uint8))
-    ring = np.zeros((40, 50), np.uint8)
-    ring[5:20, 5:20] = 1
-    ring[9:15, 9:15] = 0  # a hole
-    ring[30:36, 40:50] = 1  # touches the border
-    twins = np.zeros((40, 50), np.uint8)
-    twins[2:6, 2:6] = 1
-    twins[30:34, 30:34] = 1  # equal sizes
-    masks += [ring, twins, np.ones((40, 50), np.uint8)]
-    for index, mask in enumerate(masks):
-        np.testing.assert_array_equal(
-            keep_measured_lesion(mask * 3, 3), single_lesion(mask * 3, 3), err_msg=f"mask {index}"
-        )
