@@ -61,6 +61,8 @@ from sonovlm.app.latency import STAGES as LATENCY_STAGES
 #: Targets of the latency part.
 DECODER_TARGET_MS = 25.0
 HTTP_LATER_CLICK_TARGET_MS = 80.0
+#: Issue 17: a later click as the SonoVLM extension sends it (measure false).
+EXTENSION_LATER_CLICK_TARGET_MS = 30.0
 FIRST_CLICK_TARGET_RATIO = 1.5
 #: Clicks after which Dice is reported.
 CLICK_COUNTS = (0, 1, 3, 5)
@@ -276,6 +278,7 @@ def stock_plugin_round_trip(
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "cpu_count": os.cpu_count(),
         "meets_target": p50 <= HTTP_LATER_CLICK_TARGET_MS,
+        "extension_meets_target": statistics.median(extension_ms) <= EXTENSION_LATER_CLICK_TARGET_MS,
     }
 
 
@@ -449,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  first click stages (ms)  {_stages_line(http['first_click_stages_ms'] or {})}")
         print(
             f"  same clicks as the extension sends them (measure false): p50 "
-            f"{http['extension_later_click_p50_ms']:.1f} ms; stages "
+            f"{http['extension_later_click_p50_ms']:.1f} ms "
+            f"(target <= {EXTENSION_LATER_CLICK_TARGET_MS:g}); stages "
             f"{_stages_line(http['extension_later_click_stage_p50_ms'])}"
         )
         print(

@@ -284,8 +284,11 @@ def _largest_component(lesion: np.ndarray, source: str) -> tuple[np.ndarray, int
     labels, count = ndimage.label(lesion, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         raise SonoInputError(source, "the mask is empty (no non-zero lesion pixel)")
-    sizes = np.bincount(labels.ravel())[1:]
-    largest = labels == (int(np.argmax(sizes)) + 1)  # ties: the first in scan order
+    if count == 1:
+        largest = lesion.astype(bool)  # the usual case: the served mask is one lesion already
+    else:
+        sizes = np.bincount(labels.ravel())[1:]
+        largest = labels == (int(np.argmax(sizes)) + 1)  # ties: the first in scan order
     return ndimage.binary_fill_holes(largest), int(count)
 
 

@@ -95,3 +95,20 @@ def j2k_size(encoded: bytes) -> tuple[int, int, int] | None:
 
     cols, rows = word(4) - word(12), word(8) - word(16)
     return rows, cols, int.from_bytes(siz[36:38], "big")
+
+
+def j2k_components(encoded: bytes) -> list[tuple[int, bool, int, int]] | None:
+    """Each component's ``(bit depth, signed, x subsampling, y subsampling)`` from a JPEG 2000
+    codestream's SIZ marker (``Ssiz``, ``XRsiz``, ``YRsiz``); ``None`` without SOC and SIZ or
+    when the marker is cut short."""
+    if not encoded.startswith(J2K_SOC_SIZ) or len(encoded) < 4 + 38:
+        return None
+    siz = encoded[4:]
+    count = int.from_bytes(siz[36:38], "big")
+    if len(siz) < 38 + 3 * count:
+        return None
+    components = []
+    for index in range(count):
+        ssiz, xr, yr = siz[38 + 3 * index : 41 + 3 * index]
+        components.append(((ssiz & 0x7F) + 1, bool(ssiz & 0x80), xr, yr))
+    return components

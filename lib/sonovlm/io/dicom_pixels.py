@@ -15,7 +15,11 @@ Why not just ``Dataset.pixel_array``:
 
 from __future__ import annotations
 
+import io
+import os
+
 import numpy as np
+from PIL import Image
 from pydicom.encaps import generate_pixel_data_frame
 from pydicom.pixel_data_handlers.util import get_expected_length, pixel_dtype
 from pydicom.uid import (
@@ -35,7 +39,7 @@ from pydicom.uid import (
 )
 
 from ..errors import SonoInputError
-from .codestreams import j2k_size, jpeg_stores_ycbcr, read_jpeg_header
+from .codestreams import j2k_components, j2k_size, jpeg_stores_ycbcr, read_jpeg_header
 from .dicom_header import CORRUPT_DICOM_ERRORS, PixelFormat
 
 UNCOMPRESSED = frozenset(
@@ -46,14 +50,22 @@ UNCOMPRESSED = frozenset(
 LOSSY_JPEG = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
 #: Decoded by pylibjpeg-libjpeg.
 LIBJPEG = LOSSY_JPEG | {JPEGLosslessP14, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless}
-#: Decoded through pydicom's pylibjpeg handler (openjpeg, rle plugins).
+#: Decoded through pydicom's pylibjpeg handler (openjpeg, rle plugins), except the 8-bit JPEG 2000
+#: frames :func:`_pillow_j2k` decodes.
 PYLIBJPEG_HANDLER = frozenset({JPEG2000Lossless, JPEG2000, RLELossless})
+JPEG2000_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
 SUPPORTED_TRANSFER_SYNTAXES = UNCOMPRESSED | LIBJPEG | PYLIBJPEG_HANDLER
 
 
 #: What the decoders raise for data they cannot decode (their exception types are not documented;
 #: these are the ones seen), plus pydicom's failures on values it converts while decoding.
-DECODER_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, IndexError, *CORRUPT_DICOM_ERRORS)
+DECODER_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    IndexError,
+    *CORRUPT_DICOM_ERRORS,
+    OSError,  # Pillow: a stream it cannot identify or that breaks off
+    Image.DecompressionBombError,
+)
 
 
 def transfer_syntax_name(uid) -> str:
@@ -121,6 +133,12 @@ def _compressed(dataset, pixel_format: PixelFormat, source: str) -> np.ndarray:
                 frames.append(_reshape_frame(flat, dtype, shape, len(frames), source))
                 if len(frames) == n_frames:
                     break
+        elif syntax in JPEG2000_SYNTAXES and _pillow_decodes(dataset, pixel_format):
+            for encoded in generate_pixel_data_frame(dataset.PixelData, n_frames):
+                _check_frame(encoded, pixel_format, len(frames), source)
+                frames.append(_reshape_frame(_pillow_j2k(encoded), dtype, shape, len(frames), source))
+                if len(frames) == n_frames:
+                    break
         else:
             from pydicom.pixel_data_handlers.pylibjpeg_handler import generate_frames
 
@@ -152,6 +170,45 @@ def _compressed(dataset, pixel_format: PixelFormat, source: str) -> np.ndarray:
 
             pixels = ybr_full_to_rgb(pixels)
     return pixels
+
+
+def _pillow_decodes(dataset, pixel_format: PixelFormat) -> bool:
+    """Whether Pillow decodes this JPEG 2000 data: 8-bit unsigned grey or colour whose first
+    frame's codestream says 8-bit unsigned components, none subsampled (an ultrasound frame).
+
+    Pillow's libopenjp2 decodes on several threads (``OPJ_NUM_THREADS``); pylibjpeg-openjpeg's
+    decodes on one. A 640 x 480 lossless frame: 21 ms with pylibjpeg-openjpeg, 14 ms with Pillow on
+    2 threads; the pixels are equal (grey and RGB, lossless and lossy, with and without the
+    colour transform: ``tests/sonovlm/io/test_dicom_pixels.py``). Other bit depths, signed data and
+    subsampled components stay with pylibjpeg-openjpeg, whose handling pydicom adjusts for them.
+    """
+    if pixel_format.bits_allocated != 8 or pixel_format.signed or pixel_format.samples not in (1, 3):
+        return False
+    first = next(generate_pixel_data_frame(dataset.PixelData, pixel_format.frames), b"")
+    components = j2k_components(first)
+    return components is not None and all(c == (8, False, 1, 1) for c in components)
+
+
+def decode_threads() -> int:
+    """Threads for Pillow's JPEG 2000 decoder: ``OPJ_NUM_THREADS`` when set, else the server's
+    ``OMP_NUM_THREADS`` (its torch thread budget), else the CPUs this process may use."""
+    for name in ("OPJ_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _pillow_j2k(encoded: bytes) -> np.ndarray:
+    """One 8-bit JPEG 2000 frame decoded by Pillow: ``(rows, cols)`` or ``(rows, cols, 3)`` uint8,
+    the components as stored (libopenjp2 undoes the codestream's own colour transform)."""
+    # libopenjp2 reads the variable each time it creates a decoder; one the user set is kept.
+    os.environ.setdefault("OPJ_NUM_THREADS", str(decode_threads()))
+    with Image.open(io.BytesIO(encoded), formats=["JPEG2000"]) as image:
+        image.load()
+        if image.mode not in ("L", "RGB"):
+            raise RuntimeError(f"JPEG 2000 frame decodes as {image.mode}, not 8-bit grey or RGB")
+        return np.asarray(image)
 
 
 def _check_frame(encoded: bytes, pixel_format: PixelFormat, index: int, source: str) -> None:
