@@ -1,4 +1,5 @@
-"""Decoding and verifying DICOM pixel data (pydicom 2.4.5 with the pylibjpeg plugins).
+"""Decoding and verifying DICOM pixel data (pydicom 2.4.5 with the pylibjpeg plugins; 8-bit
+JPEG 2000 with Pillow, whose libopenjp2 decodes on several threads: :func:`_pillow_decodes`).
 
 Returns the pixels *as stored*: ``(frames, rows, cols[, samples])`` in the file's photometric
 interpretation (YBR stays YBR, palette indices stay indices); :mod:`.dicom` converts colour once.
