@@ -16,8 +16,8 @@ from .model_options import (
     add_frame_argument,
     add_image_arguments,
     add_model_arguments,
-    model_from_args,
     model_summary,
+    predictor_from_args,
 )
 
 
@@ -36,14 +36,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import load_image
-    from ..model import Predictor
     from ..model.preprocess import check_frame
     from ..organs import organ_label
 
     organ_label(args.organ)
     image = load_image(args.image)
     check_frame(image, args.frame)
-    predictor = Predictor(model_from_args(args), device=args.device)
+    predictor = predictor_from_args(args)
     result = predictor.classify(image, args.organ, frame=args.frame)
     info = {
         "prediction": [{"label": label, "score": score} for label, score in result.probabilities.items()],

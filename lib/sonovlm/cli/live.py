@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from .model_options import add_model_arguments, model_from_args, model_summary
+from .model_options import add_model_arguments, model_summary, predictor_from_args
 
 
 def register(subparsers) -> None:
@@ -97,11 +97,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     import torch
 
-    from ..model import Predictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    predictor = Predictor(model_from_args(args), device=args.device, feature_cache_bytes=0)
+    predictor = predictor_from_args(args, feature_cache_bytes=0)
     service = LiveService(
         predictor,
         args.organ,

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         help="parameter counts and checkpoint size of a backbone + adapter configuration",
         description=__doc__.splitlines()[0],
     )
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser, weights=False, precision=False)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 

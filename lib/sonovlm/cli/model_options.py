@@ -2,7 +2,9 @@
 
 ``--backbone`` (preset ``tiny``/``vit-b16``, hub id or directory), ``--adapter`` (``lora``,
 ``mona``, ``hybrid``, ``none``), ``--weights`` (a SonoVLM checkpoint, or ``demo``: the packaged
-phantom demo model, see :func:`resolve_weights`) and ``--device``. With
+phantom demo model, see :func:`resolve_weights`), ``--device`` and ``--precision`` (as the
+server's ``--conf precision``: ``auto`` picks bf16 on a CPU with native bfloat16, else int8; see
+:mod:`sonovlm.model.precision`). With
 ``--weights`` the backbone recorded in the checkpoint is the default; without, the hub id
 ``openai/clip-vit-base-patch16`` (which needs the weights in the HF cache when offline; use
 ``--backbone tiny`` for an untrained offline run).
@@ -14,7 +16,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..vocabulary import ADAPTER_KINDS, DEFAULT_ADAPTER
+from ..vocabulary import ADAPTER_KINDS, DEFAULT_ADAPTER, PRECISIONS
+
+#: How errors name the option (the server's is ``--conf precision``).
+PRECISION_OPTION = "--precision"
 
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +33,11 @@ def add_frame_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame", type=int, metavar="N", help="0-based frame (default: the middle frame)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
-    """Add ``--backbone``, ``--adapter``, ``--device`` and (when ``weights``) ``--weights``."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, weights: bool = True, precision: bool = True
+) -> None:
+    """Add ``--backbone``, ``--adapter``, ``--device``, and ``--weights`` and ``--precision`` when
+    asked (a command that runs no forward takes no precision)."""
     parser.add_argument(
         "--backbone",
         metavar="B",
@@ -48,6 +56,25 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -
             help="SonoVLM checkpoint (.safetensors), or demo: the packaged phantom demo model (not clinical)",
         )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    if not precision:
+        return
+    parser.add_argument(
+        PRECISION_OPTION,
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default: bf16 where the CPU or GPU has native bfloat16, else int8 on a CPU), "
+        "fp32, bf16 or int8; as the server's --conf precision",
+    )
+
+
+def predictor_from_args(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """The :class:`~sonovlm.model.Predictor` of the options: the model, ``--device`` and
+    ``--precision`` (``kwargs`` go to the predictor). Raises ModelLoadError/SonoInputError."""
+    from ..model import Predictor
+    from ..model.precision import resolve_precision
+
+    precision = resolve_precision(args.precision, args.device, key=PRECISION_OPTION)
+    return Predictor(model_from_args(args), device=args.device, precision=precision, **kwargs)
 
 
 def resolve_weights(weights: str | None) -> str | None:
@@ -75,4 +102,5 @@ def model_summary(predictor: Any) -> dict[str, Any]:
         "backbone": predictor.backbone_info["name"],
         "adapter": model.config.adapter.kind,
         "untrained": bool(predictor.backbone_info.get("untrained", False)),
+        "precision": predictor.precision_info(),
     }

@@ -17,8 +17,8 @@ from .model_options import (
     add_frame_argument,
     add_image_arguments,
     add_model_arguments,
-    model_from_args,
     model_summary,
+    predictor_from_args,
 )
 
 MASK_EXTENSIONS = (".png", ".nrrd", ".nii", ".nii.gz")
@@ -55,7 +55,6 @@ def check_mask_path(path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import load_image, save_mask
-    from ..model import Predictor
     from ..model.preprocess import check_frame
     from ..organs import organ_label
 
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     check_mask_path(args.out)
     image = load_image(args.image)
     check_frame(image, args.frame)
-    predictor = Predictor(model_from_args(args), device=args.device)
+    predictor = predictor_from_args(args)
     result = predictor.segment(image, args.organ, prompt=args.prompt, frame=args.frame)
     save_mask(args.out, result.mask, spacing_mm=image.spacing_mm)
     summary = {

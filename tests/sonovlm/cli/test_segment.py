@@ -12,7 +12,7 @@ from sonovlm.model import AdapterConfig, ModelConfig, SonoVLM, save_checkpoint
 
 SUMMARY_KEYS = {
     "image", "out", "organ", "prompt", "frame", "label", "rows", "cols", "lesion_pixels", "confidence",
-    "model_version", "backbone", "adapter", "untrained",
+    "model_version", "backbone", "adapter", "untrained", "precision",
 }
 
 
@@ -94,3 +94,24 @@ def test_default_backbone_offline_fails_clearly(capsys, test_data, tmp_path, mon
         capsys, test_data / "ExplVR_BigEnd.dcm", "--organ", "lymph_node", "--out", tmp_path / "m.png"
     )
     assert code == 2 and "openai/clip-vit-base-patch16" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_precision_is_chosen_like_the_servers_and_reported(capsys, test_data, tmp_path):
+    from sonovlm.model.precision import resolve_precision
+
+    image_path = test_data / "examples_palette.dcm"
+    args = ["--organ", "thyroid_nodule", "--backbone", "tiny"]
+    code, auto, _ = _segment(capsys, image_path, *args, "--out", tmp_path / "auto.png")
+    assert code == 0
+    assert auto["precision"]["requested"] == "auto"
+    assert auto["precision"]["resolved"] == resolve_precision("auto", "cpu").resolved
+    code, fp32, _ = _segment(capsys, image_path, *args, "--out", tmp_path / "fp32.png", "--precision", "fp32")
+    assert code == 0 and fp32["precision"]["resolved"] == "fp32" and fp32["precision"]["backbone_layers"] == 0
+
+
+def test_a_precision_the_device_cannot_run_names_the_option(capsys, test_data, tmp_path):
+    code, _, err = _segment(
+        capsys, test_data / "examples_palette.dcm", "--organ", "thyroid_nodule", "--backbone", "tiny",
+        "--out", tmp_path / "m.png", "--precision", "int8", "--device", "cuda",
+    )
+    assert code != 0 and "--precision" in err and "int8" in err
