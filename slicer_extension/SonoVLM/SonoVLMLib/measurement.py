@@ -161,6 +161,25 @@ def _fill_holes(component: np.ndarray) -> np.ndarray:
     return filled
 
 
+def _principal_axis(xs: np.ndarray, ys: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Unit ``(x, y)`` principal axis of the pixel centres in scaled units, from their sample
+    covariance computed with exact integers as sonovlm.measure does; the rows' direction when the
+    moments have none (a disc, a square, one square pixel)."""
+    n = int(xs.size)
+    if n < 2:  # one pixel: the identity, scaled (its rectangle's own shape)
+        cov = np.diag(scale * scale)
+        return np.array([1.0, 0.0]) if cov[0, 0] == cov[1, 1] else np.linalg.eigh(cov)[1][:, -1]
+    sx, sy = int(xs.sum()), int(ys.sum())
+    sxx, syy = int((xs.astype(np.int64) ** 2).sum()), int((ys.astype(np.int64) ** 2).sum())
+    sxy = int((xs.astype(np.int64) * ys).sum())
+    d = n * (n - 1)
+    xx, yy, xy = (n * sxx - sx * sx) / d, (n * syy - sy * sy) / d, (n * sxy - sx * sy) / d
+    cov = np.array([[xx, xy], [xy, yy]]) * np.outer(scale, scale)
+    if cov[0, 0] == cov[1, 1] and cov[0, 1] == 0:
+        return np.array([1.0, 0.0])
+    return np.linalg.eigh(cov)[1][:, -1]
+
+
 def _label_runs(binary: np.ndarray, eight_connected: bool) -> tuple[np.ndarray, np.ndarray]:
     """Connected components of a bool image by runs: ``(runs (n, 3) [row, start, end), roots (n,))``.
 
@@ -222,7 +241,7 @@ def _axes(lesion: np.ndarray, row_mm: float, col_mm: float) -> Axes:
     tolerance = math.hypot(row_mm, col_mm)
     i_idx, j_idx = np.nonzero(np.triu(dist >= dist.max() - tolerance, k=1))
     centres = np.stack([xs * col_mm, ys * row_mm], axis=1)
-    principal = np.linalg.eigh(np.cov(centres, rowvar=False) if len(centres) > 1 else np.eye(2))[1][:, -1]
+    principal = _principal_axis(xs, ys, scale)
     directions = diff[i_idx, j_idx] / dist[i_idx, j_idx, None]
     alignment = np.round(np.abs(directions @ principal), 9)
     midpoints = (hull[i_idx] + hull[j_idx]) / 2.0
