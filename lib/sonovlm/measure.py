@@ -176,11 +176,9 @@ def measure_lesion(
     spacing = _checked_spacing(spacing_mm)
     # Everything outside the box around the non-zero pixels is background: work inside it only.
     nonzero = mask != 0
-    rows, cols = np.flatnonzero(nonzero.any(axis=1)), np.flatnonzero(nonzero.any(axis=0))
-    r0, c0 = (int(rows[0]), int(cols[0])) if rows.size else (0, 0)
-    r1, c1 = (int(rows[-1]) + 1, int(cols[-1]) + 1) if rows.size else nonzero.shape
-    lesion, components = _largest_component(nonzero[r0:r1, c0:c1], source)
-    outline = _Outline.of(lesion, (r0, c0))
+    box = _nonzero_box(nonzero) or (slice(0, nonzero.shape[0]), slice(0, nonzero.shape[1]))
+    lesion, components = _largest_component(nonzero[box], source)
+    outline = _Outline.of(lesion, (box[0].start, box[1].start))
     pixels = _axes_geometry(outline, 1.0, 1.0)
     physical = _axes_geometry(outline, spacing[0], spacing[1]) if spacing is not None else None
     return LesionMeasurement(
@@ -208,10 +206,9 @@ def lesion_mask(mask: np.ndarray, label: int = 1) -> np.ndarray:
 
     foreground = np.asarray(mask) != 0
     out = np.zeros(foreground.shape, dtype=np.uint8)
-    rows, cols = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
-    if rows.size == 0:
+    box = _nonzero_box(foreground)
+    if box is None:
         return out
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     components, count = measure.label(foreground[box], connectivity=2, return_num=True)
     if count > 1:
         sizes = np.bincount(components.reshape(-1))
@@ -221,6 +218,15 @@ def lesion_mask(mask: np.ndarray, label: int = 1) -> np.ndarray:
         keep = components != 0
     out[box] = np.where(ndimage.binary_fill_holes(keep), np.uint8(label), np.uint8(0))
     return out
+
+
+def _nonzero_box(foreground: np.ndarray) -> tuple[slice, slice] | None:
+    """``(rows, cols)`` slices of the box around the true pixels of a 2D boolean array (outside
+    it everything is background), ``None`` when there is none."""
+    rows, cols = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def lesion_region(regions: Sequence, mask: np.ndarray):

@@ -216,6 +216,11 @@ def test_lesion_region_picks_the_region_holding_the_lesion():
     left = UltrasoundRegion(bbox=(0, 0, 100, 100), spacing_mm=(0.1, 0.1), data_type=1)
     right = UltrasoundRegion(bbox=(100, 0, 200, 100), spacing_mm=(0.2, 0.2), data_type=1)
     assert lesion_region([left, right], mask) is right
+    assert lesion_region([right, left], mask) is right  # not the first listed
+    straddling = np.zeros((100, 200), np.uint8)
+    straddling[40:60, 90:130] = 1  # no box holds it; centroid x = 109.5, in the right-hand one
+    assert lesion_region([left, right], straddling) is right
+    assert lesion_region([left, right], np.zeros((100, 200), np.uint8)) is None
     # Overlapping regions: a calibrated B-mode one first, then the smallest.
     doppler = UltrasoundRegion(bbox=(120, 30, 170, 70), spacing_mm=(0.3, 0.3), data_type=2)
     small_bmode = UltrasoundRegion(bbox=(120, 20, 180, 80), spacing_mm=(0.4, 0.4), data_type=1)
@@ -299,19 +304,3 @@ def test_lesion_mask_is_monais_single_lesion_pixel_for_pixel():
             np.testing.assert_array_equal(
                 lesion_mask(mask * 7, label), _monai_single_lesion(mask * 7, label), err_msg=f"mask {index}"
             )
-
-
-def test_lesion_region_box_and_centroid_from_projections():
-    from sonovlm.measure import lesion_region
-
-    mask = np.zeros((100, 200), np.uint8)
-    mask[40:60, 10:30] = 1
-    # The box holds the lesion in only the right-hand region's box test when the lesion is
-    # there; otherwise the centroid decides.
-    left = UltrasoundRegion(bbox=(0, 0, 100, 100), spacing_mm=(0.1, 0.1), data_type=1)
-    right = UltrasoundRegion(bbox=(100, 0, 200, 100), spacing_mm=(0.2, 0.2), data_type=1)
-    assert lesion_region([right, left], mask) is left
-    straddling = np.zeros((100, 200), np.uint8)
-    straddling[40:60, 90:130] = 1  # centroid x = 109.5: in the right-hand region
-    assert lesion_region([left, right], straddling) is right
-    assert lesion_region([left, right], np.zeros((100, 200), np.uint8)) is None

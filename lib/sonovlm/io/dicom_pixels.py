@@ -204,7 +204,8 @@ def _pillow_j2k(encoded: bytes) -> np.ndarray:
     """One 8-bit JPEG 2000 frame decoded by Pillow: ``(rows, cols)`` or ``(rows, cols, 3)`` uint8,
     the components as stored (libopenjp2 undoes the codestream's own colour transform)."""
     # libopenjp2 reads the variable each time it creates a decoder; one the user set is kept.
-    os.environ.setdefault("OPJ_NUM_THREADS", str(decode_threads()))
+    if "OPJ_NUM_THREADS" not in os.environ:
+        os.environ["OPJ_NUM_THREADS"] = str(decode_threads())
     with Image.open(io.BytesIO(encoded), formats=["JPEG2000"]) as image:
         image.load()
         if image.mode not in ("L", "RGB"):

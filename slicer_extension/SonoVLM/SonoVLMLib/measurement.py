@@ -168,13 +168,13 @@ def _principal_axis(xs: np.ndarray, ys: np.ndarray, scale: np.ndarray) -> np.nda
     n = int(xs.size)
     if n < 2:  # one pixel: the identity, scaled (its rectangle's own shape)
         cov = np.diag(scale * scale)
-        return np.array([1.0, 0.0]) if cov[0, 0] == cov[1, 1] else np.linalg.eigh(cov)[1][:, -1]
-    sx, sy = int(xs.sum()), int(ys.sum())
-    sxx, syy = int((xs.astype(np.int64) ** 2).sum()), int((ys.astype(np.int64) ** 2).sum())
-    sxy = int((xs.astype(np.int64) * ys).sum())
-    d = n * (n - 1)
-    xx, yy, xy = (n * sxx - sx * sx) / d, (n * syy - sy * sy) / d, (n * sxy - sx * sy) / d
-    cov = np.array([[xx, xy], [xy, yy]]) * np.outer(scale, scale)
+    else:
+        sx, sy = int(xs.sum()), int(ys.sum())
+        sxx, syy = int((xs.astype(np.int64) ** 2).sum()), int((ys.astype(np.int64) ** 2).sum())
+        sxy = int((xs.astype(np.int64) * ys).sum())
+        d = n * (n - 1)
+        xx, yy, xy = (n * sxx - sx * sx) / d, (n * syy - sy * sy) / d, (n * sxy - sx * sy) / d
+        cov = np.array([[xx, xy], [xy, yy]]) * np.outer(scale, scale)
     if cov[0, 0] == cov[1, 1] and cov[0, 1] == 0:
         return np.array([1.0, 0.0])
     return np.linalg.eigh(cov)[1][:, -1]
